@@ -1,0 +1,109 @@
+"""The `pyserve` command: start and stop a server, with torchserve's flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pyserve import __version__, control
+from pyserve.config import ConfigError, load_settings
+
+
+def _start_parser(commands) -> None:
+    start = commands.add_parser(
+        "start",
+        help="start the server (in the background unless --foreground)",
+        description="Start serving models. Flags match `torchserve --start`.",
+    )
+    start.add_argument("--model-store", metavar="DIR",
+                       help="folder holding model archives (.mar, .tar.gz) or model folders; "
+                            "overrides model_store in the config file")
+    start.add_argument("--models", nargs="+", metavar="MODEL",
+                       help="models to load at startup: NAME=ARCHIVE, ARCHIVE, or 'all' for "
+                            "everything in the model store; overrides load_models")
+    start.add_argument("--ts-config", metavar="FILE",
+                       help="TorchServe config.properties to read (env TS_CONFIG_FILE wins)")
+    start.add_argument("--foreground", action="store_true",
+                       help="stay attached to the terminal and log to stderr")
+    start.add_argument("--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
+                       help="accepted for torchserve compatibility; pyserve writes no snapshots")
+    start.add_argument("--disable-token-auth", "--dt", dest="disable_token_auth",
+                       action="store_true", help="turn token authorization off")
+    start.add_argument("--enable-model-api", action="store_true",
+                       help="allow registering and unregistering models through the "
+                            "management API")
+    start.add_argument("--log-dir", metavar="DIR",
+                       help="where a background server writes pyserve.log "
+                            "(default: $LOG_LOCATION or ./logs)")
+
+
+def _settings(args: argparse.Namespace):
+    config_file = os.environ.get("TS_CONFIG_FILE") or args.ts_config
+    return load_settings(
+        config_file,
+        model_store=args.model_store,
+        load_models=args.models,
+        disable_token_authorization=True if args.disable_token_auth else None,
+        enable_model_api=True if args.enable_model_api else None,
+    )
+
+
+def _start(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as error:
+        print(f"pyserve: {error}", file=sys.stderr)
+        return 2
+    if settings.model_store is not None and not Path(settings.model_store).is_dir():
+        print(f"pyserve: model store {settings.model_store} is not a folder", file=sys.stderr)
+        return 2
+    if not args.foreground:
+        if control.running_pid() is not None:
+            print("pyserve is already running, please use pyserve stop to stop it.",
+                  file=sys.stderr)
+            return 1
+        log_dir = Path(args.log_dir or os.environ.get("LOG_LOCATION") or "logs")
+        code, report = control.start_background(argv, log_dir)
+        print(report, file=sys.stdout if code == 0 else sys.stderr)
+        return code
+
+    if not control.claim_pid_file():
+        print("pyserve is already running, please use pyserve stop to stop it.", file=sys.stderr)
+        control.report_ready("error: pyserve is already running")
+        return 1
+    from pyserve.server import run  # the server's imports are not needed to stop one
+
+    try:
+        return run(settings, on_ready=control.report_ready)
+    finally:
+        control.release_pid_file()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyserve",
+        description="A TorchServe-compatible model server with a C++ batching core.",
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"pyserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _start_parser(commands)
+    stop = commands.add_parser("stop", help="stop the server started with `pyserve start`",
+                               description="Stop the running server and wait until it and "
+                                           "its workers are gone.")
+    stop.add_argument("--foreground", action="store_true",
+                      help="accepted for torchserve compatibility; stop always waits")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.command == "start":
+        return _start(args, [a for a in argv[1:] if a != "--foreground"])
+    if args.command == "stop":
+        message = control.stop()
+        print(message)
+        return 0
+    return 2

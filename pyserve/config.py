@@ -1,0 +1,150 @@
+"""One Settings object, read from config.properties, then TS_* environment variables, then CLI flags.
+
+The keys and defaults are TorchServe's, so an existing config.properties works as it is.
+Environment variables are read only when ``enable_envvars_config=true``, as in TorchServe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class Settings:
+    inference_address: str = "http://127.0.0.1:8080"
+    management_address: str = "http://127.0.0.1:8081"
+    metrics_address: str = "http://127.0.0.1:8082"
+    model_store: str | None = None
+    load_models: list[str] = field(default_factory=list)
+    default_workers_per_model: int = 0
+    job_queue_size: int = 100
+    max_request_size: int = 6553500
+    max_response_size: int = 6553500
+    default_response_timeout: int = 120
+    default_startup_timeout: int = 120
+    number_of_gpu: int | None = None
+    allowed_urls: list[str] = field(default_factory=lambda: [r"file://.*", r"http(s)?://.*"])
+    disable_token_authorization: bool = False
+    enable_model_api: bool = False
+    enable_envvars_config: bool = False
+    install_py_dep_per_model: bool = False
+    limit_max_image_pixels: bool = True
+    decode_input_request: bool = True
+    initial_worker_port: int = 9000
+
+    def merged(self, **overrides: Any) -> "Settings":
+        """A copy with the given fields replaced; None values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _as_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _as_int(key: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+
+
+def _convert(key: str, value: str) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[key]
+    if kind == "bool":
+        return _as_bool(key, value)
+    if kind in ("int", "int | None"):
+        return _as_int(key, value)
+    if kind == "list[str]":
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value.strip()
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_PLACEHOLDER = re.compile(r"\$\$([A-Za-z_][A-Za-z0-9_]*)\$\$")
+
+
+def read_properties(text: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Parses Java properties: `key=value` or `key: value`, # and ! comments, \\ continuations.
+
+    `$$VAR$$` in a value is replaced from the environment, as TorchServe does.
+    """
+    env = os.environ if env is None else env
+    properties: dict[str, str] = {}
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip() if not logical else raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            logical += line[:-1]
+            continue
+        logical += line
+        match = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)$", logical)
+        if match:
+            key, value = match.group(1), match.group(2)
+            properties[key] = _PLACEHOLDER.sub(lambda m: env.get(m.group(1), ""), value)
+        elif logical:
+            properties[logical] = ""
+        logical = ""
+    return properties
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    **cli: Any,
+) -> Settings:
+    """Settings from `config_file` (if any), then TS_* env vars (if enabled), then CLI values.
+
+    Unknown keys in the file are kept out of Settings: TorchServe has many JVM-only keys
+    (vmargs, netty threads) that pyserve has no use for.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        for key, value in read_properties(text, env).items():
+            if key in _FIELDS:
+                values[key] = _convert(key, value)
+    if values.get("enable_envvars_config") or _as_bool(
+        "TS_ENABLE_ENVVARS_CONFIG", env.get("TS_ENABLE_ENVVARS_CONFIG", "false")
+    ):
+        for name in _FIELDS:
+            variable = f"TS_{name.upper()}"
+            if variable in env and name != "allowed_urls":
+                values[name] = _convert(name, env[variable])
+    settings = Settings(**values)
+    return settings.merged(**cli)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`http://127.0.0.1:8080` (or `127.0.0.1:8080`) -> ("127.0.0.1", 8080)."""
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"cannot use listener address {address!r}: expected http://host:port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"cannot use listener address {address!r}: bad port") from None
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return parts.hostname, port

@@ -1,0 +1,96 @@
+"""Starting pyserve in the background and stopping it, through a pid file as TorchServe does.
+
+`pyserve start` returns only once the server listens and its startup models are loaded
+(the server reports on a pipe), and `pyserve stop` returns only once the server and all
+its workers are gone, so scripts can rely on both.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+READY_FD_ENV = "PYSERVE_READY_FD"
+STOP_TIMEOUT_SECONDS = 60
+
+
+def pid_file() -> Path:
+    return Path(tempfile.gettempdir()) / ".pyserve.pid"
+
+
+def running_pid() -> int | None:
+    """The pid of the server named in the pid file, if that process still runs."""
+    try:
+        pid = int(pid_file().read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def claim_pid_file() -> bool:
+    """Records this process as the running server; False if another one runs."""
+    if running_pid() not in (None, os.getpid()):
+        return False
+    pid_file().write_text(f"{os.getpid()}\n")
+    return True
+
+
+def release_pid_file() -> None:
+    try:
+        if int(pid_file().read_text().strip()) == os.getpid():
+            pid_file().unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def report_ready(message: str) -> None:
+    """Called by a server started in the background: tells the waiting `pyserve start`."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    with os.fdopen(int(fd), "w") as pipe:
+        pipe.write(message)
+
+
+def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
+    """Starts `pyserve start --foreground <arguments>` detached; returns (exit code, report)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "pyserve.log"
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyserve", "start", "--foreground", *arguments],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            pass_fds=(write_end,), start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = pipe.read()  # the server closes its end once ready, or by exiting
+    if report.startswith("ready"):
+        return 0, report.replace("ready", f"pyserve started (pid {process.pid}); log: {log_path}", 1)
+    code = process.wait()
+    return code or 1, report or f"pyserve exited with code {code}; see {log_path}"
+
+
+def stop(wait: bool = True) -> str:
+    pid = running_pid()
+    if pid is None:
+        pid_file().unlink(missing_ok=True)
+        return "pyserve is not currently running."
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if wait and not select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)[0]:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)
+    finally:
+        os.close(pidfd)
+    pid_file().unlink(missing_ok=True)
+    return "pyserve has stopped."

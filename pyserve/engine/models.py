@@ -1,0 +1,46 @@
+"""A registered model version: where it lives, how it is batched, which workers serve it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyserve.engine.workers import WorkerProcess
+
+
+@dataclass
+class ModelConfig:
+    """Per-version settings, named as TorchServe's API parameters and describe output."""
+
+    batch_size: int = 1
+    max_batch_delay: int = 100  # milliseconds
+    response_timeout: int = 120  # seconds
+    startup_timeout: int = 120  # seconds
+    min_workers: int = 1
+    max_workers: int = 1
+    job_queue_size: int = 100
+    device_type: str = "cpu"
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: str
+    url: str  # as given at registration, e.g. "echo.mar"
+    model_dir: Path
+    manifest: dict
+    handler: str
+    config: ModelConfig
+    core_id: int
+    extracted: bool  # whether model_dir is ours to delete
+    yaml_config: dict = field(default_factory=dict)
+    loaded_at_startup: bool = False
+    runtime: str = "python"
+    registered_at: float = field(default_factory=time.time)
+    workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
+
+    def live_workers(self) -> list["WorkerProcess"]:
+        return [worker for worker in self.workers.values() if worker.alive]

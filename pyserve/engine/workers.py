@@ -1,0 +1,147 @@
+"""One worker process: how it is started, how its death is noticed, how it is stopped.
+
+Death is noticed through a pidfd registered with the event loop, so the engine learns of
+it the moment the kernel does, with no polling and no timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pyserve
+
+log = logging.getLogger("pyserve.engine")
+
+
+class WorkerState(enum.Enum):
+    STARTING = "STARTING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    STOPPED = "STOPPED"
+
+
+def _package_root() -> str:
+    """The folder holding the pyserve package, so the worker imports this very copy."""
+    return str(Path(pyserve.__file__).resolve().parent.parent)
+
+
+def worker_environment(model_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(model_dir), _package_root()]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess:
+    """A worker's process and what the engine knows about it."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        model_dir: Path,
+        ring_names: tuple[str, str],
+        doorbell: str,
+        on_exit: Callable[["WorkerProcess"], None],
+        gpu_id: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.id = worker_id
+        self.model_dir = model_dir
+        self.gpu_id = gpu_id
+        self.state = WorkerState.STARTING
+        self.start_time = datetime.datetime.now()
+        self.exit_code: int | None = None
+        self.load_error: str | None = None
+        self.stop_requested = False
+        self._ring_names = ring_names
+        self._doorbell = doorbell
+        self._on_exit = on_exit
+        self._env = env
+        self._process: subprocess.Popen | None = None
+        self._pidfd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loaded: asyncio.Future | None = None
+        self.exited: asyncio.Future | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (WorkerState.STARTING, WorkerState.READY)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.loaded = loop.create_future()
+        self.exited = loop.create_future()
+        requests, responses = self._ring_names
+        command = [
+            sys.executable, "-m", "pyserve.worker",
+            "--requests", requests,
+            "--responses", responses,
+            "--doorbell", self._doorbell,
+            "--parent-pid", str(os.getpid()),
+        ]
+        self._process = subprocess.Popen(
+            command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._env),
+            stdin=subprocess.DEVNULL,
+        )
+        self._pidfd = os.pidfd_open(self._process.pid)
+        loop.add_reader(self._pidfd, self._reap)
+
+    def mark_loaded(self) -> None:
+        if self.state is WorkerState.STARTING:
+            self.state = WorkerState.READY
+        if not self.loaded.done():
+            self.loaded.set_result(True)
+
+    def mark_load_failed(self, message: str) -> None:
+        self.load_error = message
+        if not self.loaded.done():
+            self.loaded.set_result(False)
+
+    def stop(self) -> None:
+        """The engine already asked the worker to finish and exit; this only records it."""
+        self.stop_requested = True
+        if self.alive:
+            self.state = WorkerState.UNLOADING
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            try:
+                self._process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self.exit_code = self._process.wait()
+        self.state = WorkerState.STOPPED
+        if not self.loaded.done():
+            self.loaded.set_result(False)
+        self._on_exit(self)
+        self.exited.set_result(self.exit_code)
+
+    def memory_usage(self) -> int:
+        """Resident set size in bytes, as TorchServe's describe reports it; 0 once gone."""
+        try:
+            with open(f"/proc/{self.pid}/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError, TypeError):
+            return 0

@@ -1,0 +1,108 @@
+"""Runs pyserve in the foreground: engine, startup models, listeners, and an orderly stop.
+
+SIGTERM or SIGINT stop the listeners from taking new connections, let in-flight requests
+finish, then stop every worker and remove every shared-memory segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import uvloop
+
+from pyserve import archive
+from pyserve.config import Settings
+from pyserve.engine import Engine
+from pyserve.errors import ServeError
+from pyserve.frontend.inference import inference_app
+from pyserve.frontend.listeners import Listener, ListenerError, make_listener
+
+log = logging.getLogger("pyserve")
+
+ARCHIVE_SUFFIXES = (".mar", ".model", ".tar.gz", ".tgz")
+
+
+def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
+    """`--models` / load_models entries as (name or None, url); `all` means the whole store."""
+    entries: list[tuple[str | None, str]] = []
+    for entry in settings.load_models:
+        if entry == "all":
+            store = Path(settings.model_store or ".")
+            for path in sorted(store.iterdir()):
+                if not path.name.startswith(".") and (
+                    path.is_dir() or path.name.endswith(ARCHIVE_SUFFIXES)
+                ):
+                    entries.append((None, path.name))
+        elif "=" in entry:
+            name, url = entry.split("=", 1)
+            entries.append((name, url))
+        else:
+            entries.append((None, entry))
+    return entries
+
+
+async def _load_startup_models(engine: Engine, settings: Settings) -> list[str]:
+    problems = []
+    for name, url in startup_models(settings):
+        try:
+            model = await engine.register(url, model_name=name, loaded_at_startup=True)
+            log.info("model %s:%s is served from %s with %d workers", model.name, model.version,
+                     url, len(model.live_workers()))
+        except (ServeError, archive.ArchiveError) as error:
+            message = getattr(error, "message", str(error))
+            log.error("cannot load %s: %s", url, message)
+            problems.append(f"{url}: {message}")
+    return problems
+
+
+async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    engine = Engine(settings)
+    await engine.start()
+    listeners: list[Listener] = []
+    try:
+        try:
+            listeners.append(
+                make_listener(inference_app(engine), settings.inference_address, "inference")
+            )
+        except ListenerError as error:
+            log.error("%s", error)
+            if on_ready:
+                on_ready(f"error: {error}")
+            return 1
+        problems = await _load_startup_models(engine, settings)
+        tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
+        for listener in listeners:
+            log.info("listening on %s:%s", *listener.socket.getsockname()[:2])
+        if on_ready:
+            on_ready("ready" + "".join(f"\nwarning: cannot load {p}" for p in problems))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping: finishing in-flight requests")
+        for listener in listeners:
+            listener.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopped.cancel()
+    finally:
+        await engine.close()
+        for listener in listeners:
+            listener.socket.close()
+        log.info("stopped")
+    return 0
+
+
+def run(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [server {os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    return uvloop.run(serve(settings, on_ready))

@@ -1,0 +1,5 @@
+import sys
+
+from pyserve.worker.main import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""The worker's life: load the handler, then answer batches until told to stop.
+
+Started by the engine as ``python -m pyserve.worker`` with the model folder as its
+working directory and on ``sys.path``, so that a handler imports its own extra files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import traceback
+
+from pyserve import __version__, _core, protocol
+from pyserve.errors import error_body
+from pyserve.worker.context import Context
+from pyserve.worker.loader import load_entry_point
+from pyserve.worker.service import Service
+
+log = logging.getLogger("pyserve.worker")
+
+
+def load(settings: dict) -> Service:
+    model_dir = settings["model_dir"]
+    if model_dir not in sys.path:
+        sys.path.insert(0, model_dir)
+    context = Context(
+        model_name=settings["model_name"],
+        model_dir=model_dir,
+        manifest=settings.get("manifest"),
+        batch_size=settings["batch_size"],
+        gpu=settings.get("gpu_id"),
+        mms_version=__version__,
+        limit_max_image_pixels=settings.get("limit_max_image_pixels", True),
+        model_yaml_config=settings.get("model_yaml_config") or {},
+    )
+    entry_point = load_entry_point(settings["handler"])
+    entry_point.initialize(context)
+    return Service(entry_point, context)
+
+
+def send_results(channel: _core.WorkerChannel, batch_id: int, results: list) -> None:
+    frame = protocol.encode_results(batch_id, True, results)
+    if len(frame) <= channel.max_frame_size:
+        channel.send(frame)
+        return
+    # Too large for one frame: one frame per result, the last one closing the batch.
+    for index, result in enumerate(results):
+        done = index == len(results) - 1
+        frame = protocol.encode_results(batch_id, done, [result])
+        if len(frame) > channel.max_frame_size:
+            message = f"response of {len(result[5])} bytes is larger than the worker's ring"
+            result = [result[0], 500, "", "application/json", [],
+                      error_body(500, "InternalServerException", message)]
+            frame = protocol.encode_results(batch_id, done, [result])
+        channel.send(frame)
+
+
+def serve(channel: _core.WorkerChannel) -> int:
+    kind, settings = protocol.unpack(channel.receive())
+    if kind != protocol.LOAD:
+        log.error("expected a load frame, got kind %s", kind)
+        return 2
+    try:
+        service = load(settings)
+    except BaseException as error:  # noqa: BLE001 - reported to the server, then exit
+        log.error("loading model %s failed:\n%s", settings.get("model_name"), traceback.format_exc())
+        channel.send(protocol.encode_load_failed(f"{type(error).__name__}: {error}"))
+        return 1
+    channel.send(protocol.encode_loaded({"pid": os.getpid()}))
+
+    while True:
+        frame = protocol.unpack(channel.receive())
+        kind = frame[0]
+        if kind == protocol.STOP:
+            return 0
+        if kind == protocol.BATCH:
+            _, batch_id, requests = frame
+            send_results(channel, batch_id, service.predict(requests))
+        else:
+            log.error("ignoring a frame of unknown kind %s", kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyserve.worker", description=__doc__)
+    parser.add_argument("--requests", required=True, help="name of the request ring")
+    parser.add_argument("--responses", required=True, help="name of the response ring")
+    parser.add_argument("--doorbell", required=True, help="name of the server's doorbell")
+    parser.add_argument("--parent-pid", type=int, required=True, help="the server's pid")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s [worker {os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    # Ctrl-C reaches the whole process group; the server decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _core.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != args.parent_pid:
+        return 1  # the server died before the death signal was armed
+    channel = _core.WorkerChannel(args.requests, args.responses, args.doorbell)
+    return serve(channel)
