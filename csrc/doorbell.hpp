@@ -30,6 +30,7 @@ class Doorbell {
     void ring();
     // Sleeps until the bell rang after `seen` was read. Returns false on timeout.
     bool wait(uint32_t seen, const Deadline& deadline);
+    void unlink() { memory_.unlink(); }
 
    private:
     explicit Doorbell(SharedMemory memory);

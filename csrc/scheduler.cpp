@@ -37,6 +37,9 @@ void Scheduler::close() {
     }
     doorbell_.ring();
     if (thread_.joinable()) thread_.join();
+    std::lock_guard lock(mutex_);
+    workers_.clear();  // unlinks every ring; workers still running keep their mappings
+    doorbell_.unlink();
 }
 
 size_t Scheduler::max_request_size() const {

@@ -74,7 +74,7 @@ class Scheduler {
 
     SubmitStatus submit(uint64_t model_id, uint64_t request_id, std::string payload);
     std::vector<Completion> take_completions();
-    // Stops the core thread; idempotent. Rings are removed when the scheduler goes.
+    // Stops the core thread and removes every segment's name; idempotent.
     void close();
 
    private:

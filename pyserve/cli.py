@@ -39,6 +39,56 @@ def _start_parser(commands) -> None:
                             "(default: $LOG_LOCATION or ./logs)")
 
 
+def _archive_parser(commands) -> None:
+    archive = commands.add_parser(
+        "archive",
+        help="make a model archive (.mar), as torch-model-archiver does",
+        description="Package a model and its handler into an archive. Flags and output "
+                    "match torch-model-archiver 0.12.0.",
+    )
+    archive.add_argument("--model-name", required=True,
+                         help="model name; the archive is written as NAME.mar")
+    archive.add_argument("-v", "--version", required=True, help="model version, e.g. 1.0")
+    archive.add_argument("--handler", required=True,
+                         help="handler file (file.py, file.py:function) or a built-in name "
+                              "(base_handler, image_classifier, image_segmenter, "
+                              "object_detector, text_classifier)")
+    archive.add_argument("--serialized-file",
+                         help="weights: a state_dict (.pt/.pth) for eager models, or a "
+                              "TorchScript file")
+    archive.add_argument("--model-file",
+                         help="Python file defining the model class (eager models)")
+    archive.add_argument("--extra-files",
+                         help="comma-separated files, folders or globs to add to the archive")
+    archive.add_argument("--runtime", default="python", choices=["python", "python3", "LSP"],
+                         help="runtime recorded in the manifest (default: python)")
+    archive.add_argument("--export-path", default=".",
+                         help="folder to write the archive into (default: current folder)")
+    archive.add_argument("--archive-format", default="default",
+                         choices=["default", "zip-store", "tgz", "no-archive"],
+                         help="default: zip .mar; zip-store: uncompressed .mar; tgz: .tar.gz; "
+                              "no-archive: a plain folder")
+    archive.add_argument("-f", "--force", action="store_true",
+                         help="overwrite an existing archive of the same name")
+    archive.add_argument("-r", "--requirements-file",
+                         help="requirements.txt with the model's own Python dependencies")
+    archive.add_argument("-c", "--config-file",
+                         help="model-config yaml (batchSize, minWorkers, ...)")
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from pyserve.archiver import ArchiverError, ArchiveSpec, create_archive
+
+    fields = {name: getattr(args, name) for name in ArchiveSpec.__dataclass_fields__}
+    try:
+        path = create_archive(ArchiveSpec(**fields))
+    except (ArchiverError, OSError) as error:
+        print(f"pyserve archive: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
 def _settings(args: argparse.Namespace):
     config_file = os.environ.get("TS_CONFIG_FILE") or args.ts_config
     return load_settings(
@@ -89,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="version", version=f"pyserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _start_parser(commands)
+    _archive_parser(commands)
     stop = commands.add_parser("stop", help="stop the server started with `pyserve start`",
                                description="Stop the running server and wait until it and "
                                            "its workers are gone.")
@@ -102,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args, [a for a in argv[1:] if a != "--foreground"])
+    if args.command == "archive":
+        return _archive(args)
     if args.command == "stop":
         message = control.stop()
         print(message)

@@ -58,21 +58,40 @@ def report_ready(message: str) -> None:
         pipe.write(message)
 
 
-def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
-    """Starts `pyserve start --foreground <arguments>` detached; returns (exit code, report)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "pyserve.log"
+def spawn_server(
+    arguments: list[str],
+    *,
+    log,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    detach: bool = False,
+) -> tuple[subprocess.Popen, str]:
+    """Runs `pyserve start --foreground <arguments>` and waits for its report.
+
+    The report starts with "ready" once the server listens with its startup models
+    loaded; otherwise it says what went wrong (or is empty if the server just exited).
+    """
     read_end, write_end = os.pipe()
-    env = dict(os.environ, **{READY_FD_ENV: str(write_end)})
-    with open(log_path, "ab") as log:
+    env = dict(os.environ if env is None else env, **{READY_FD_ENV: str(write_end)})
+    try:
         process = subprocess.Popen(
             [sys.executable, "-m", "pyserve", "start", "--foreground", *arguments],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            pass_fds=(write_end,), start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            pass_fds=(write_end,), start_new_session=detach,
         )
-    os.close(write_end)
+    finally:
+        os.close(write_end)
     with os.fdopen(read_end) as pipe:
         report = pipe.read()  # the server closes its end once ready, or by exiting
+    return process, report
+
+
+def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
+    """Starts a detached server; returns (exit code, what to tell the user)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "pyserve.log"
+    with open(log_path, "ab") as log:
+        process, report = spawn_server(arguments, log=log, detach=True)
     if report.startswith("ready"):
         return 0, report.replace("ready", f"pyserve started (pid {process.pid}); log: {log_path}", 1)
     code = process.wait()

@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import pyserve
-
 log = logging.getLogger("pyserve.engine")
 
 
@@ -29,14 +27,9 @@ class WorkerState(enum.Enum):
     STOPPED = "STOPPED"
 
 
-def _package_root() -> str:
-    """The folder holding the pyserve package, so the worker imports this very copy."""
-    return str(Path(pyserve.__file__).resolve().parent.parent)
-
-
 def worker_environment(model_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(model_dir), _package_root()]
+    paths = [str(model_dir)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)

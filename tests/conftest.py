@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from helpers import EXAMPLES, archive_model, shm_segments
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+    """Every test must leave /dev/shm as it found it."""
+    before = shm_segments()
+    yield
+    leaked = shm_segments() - before
+    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> "Path":
+    """A model store with the example archives, made by torch-model-archiver."""
+    store = tmp_path_factory.mktemp("model_store")
+    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
+    return store

@@ -1,0 +1,132 @@
+"""Shared test utilities: free ports, archives made with torch-model-archiver, live servers.
+
+Every server in the tests is a real `pyserve` process on 127.0.0.1 with ports picked at
+run time; readiness is learnt from the same pipe `pyserve start` waits on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyserve.control import spawn_server
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+READY_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def shm_segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("pyserve.")}
+
+
+def child_pids(pid: int) -> set[int]:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.add(int(entry))
+    return children
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def archive_model(
+    export_path: Path,
+    name: str,
+    handler: str | Path,
+    version: str = "1.0",
+    extra: list[str] | None = None,
+) -> Path:
+    """Runs the real torch-model-archiver, exactly as a user would."""
+    export_path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "torch-model-archiver", "--model-name", name, "--version", version,
+            "--handler", str(handler), "--export-path", str(export_path), "--force",
+            *(extra or []),
+        ],
+        check=True, capture_output=True,
+    )
+    return export_path / f"{name}.mar"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    inference_port: int
+    log_path: Path
+    workers: set[int] = field(default_factory=set)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.inference_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        self.workers |= child_pids(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def write_config(path: Path, **values: object) -> Path:
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return path
+
+
+def start_server(
+    tmp_path: Path,
+    model_store: Path,
+    models: list[str],
+    **config: object,
+) -> Server:
+    """`pyserve start --foreground` on free ports; returns once it reports ready."""
+    port = free_port()
+    config_file = write_config(
+        tmp_path / "config.properties",
+        inference_address=f"http://127.0.0.1:{port}",
+        management_address=f"http://127.0.0.1:{free_port()}",
+        metrics_address=f"http://127.0.0.1:{free_port()}",
+        **config,
+    )
+    log_path = tmp_path / "server.log"
+    arguments = ["--model-store", str(model_store), "--ts-config", str(config_file)]
+    if models:
+        arguments += ["--models", *models]
+    with open(log_path, "wb") as log:
+        process, report = spawn_server(
+            arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path)), cwd=tmp_path
+        )
+    server = Server(process, port, log_path)
+    if not report.startswith("ready"):
+        server.stop()
+        raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")
+    server.workers = child_pids(process.pid)
+    return server
