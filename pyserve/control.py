@@ -75,7 +75,8 @@ def spawn_server(
     env = dict(os.environ if env is None else env, **{READY_FD_ENV: str(write_end)})
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pyserve", "start", "--foreground", *arguments],
+            # -P: the server imports the installed pyserve even when started from a checkout.
+            [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", *arguments],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             pass_fds=(write_end,), start_new_session=detach,
         )

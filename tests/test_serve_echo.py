@@ -105,7 +105,7 @@ def test_the_handler_is_initialised_once_with_none_then_called_per_batch(tmp_pat
 
 
 def pyserve(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pyserve", *args], env=env, cwd=env["TMPDIR"],
+    return subprocess.run([sys.executable, "-P", "-m", "pyserve", *args], env=env, cwd=env["TMPDIR"],
                           capture_output=True, text=True, timeout=180)
 
 

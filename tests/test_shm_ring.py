@@ -142,7 +142,7 @@ def test_a_second_process_reads_what_the_first_wrote(ring_name):
     writer = _core.ShmRing.create(ring_name, 16 * 1024)
     try:
         frames = [random.Random(n).randbytes(n * 37 % 9000) for n in range(500)]
-        reader = subprocess.Popen([sys.executable, "-c", READER, ring_name, str(len(frames))],
+        reader = subprocess.Popen([sys.executable, "-P", "-c", READER, ring_name, str(len(frames))],
                                   stdout=subprocess.PIPE, text=True)
         for frame in frames:  # 500 frames through a 16 KiB ring: the writer must wait
             assert writer.write(frame, timeout=30)
@@ -156,7 +156,7 @@ def test_a_second_process_reads_what_the_first_wrote(ring_name):
 def test_a_reader_in_another_process_sleeps_instead_of_spinning(ring_name):
     writer = _core.ShmRing.create(ring_name, 4096)
     try:
-        reader = subprocess.Popen([sys.executable, "-c", READER, ring_name, "1"],
+        reader = subprocess.Popen([sys.executable, "-P", "-c", READER, ring_name, "1"],
                                   stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)  # let it start and block
         before = cpu_seconds(reader.pid)
