@@ -15,13 +15,15 @@ Worker to server::
 
     [LOADED, info]                        info: {"pid": int}
     [LOAD_FAILED, message]
-    [RESULTS, batch_id, done, [result, ...]]
+    [RESULTS, batch_id, done, [result, ...], [metric update, ...]]
 
 A request is ``{"id", "request_id", "content_type", "headers", "body"}``: the core's
 integer id, the client-visible request id, the body's content type, the HTTP headers as
 ``[[name, value], ...]`` byte pairs, and the raw body. A result is
 ``[id, status, phrase, content_type, headers, body]`` with ``headers`` a list of
-``[name, value]`` string pairs and ``content_type`` None when the handler set none.
+``[name, value]`` string pairs and ``content_type`` None when the handler set none. A
+metric update is what a handler recorded through ``context.metrics``:
+``[name, unit, type, [dimension names], [dimension values], value]``.
 """
 
 from __future__ import annotations
@@ -89,5 +91,5 @@ def encode_load_failed(message: str) -> bytes:
     return _packb([LOAD_FAILED, message])
 
 
-def encode_results(batch_id: int, done: bool, results: list) -> bytes:
-    return _packb([RESULTS, batch_id, done, results])
+def encode_results(batch_id: int, done: bool, results: list, metrics: list | None = None) -> bytes:
+    return _packb([RESULTS, batch_id, done, results, metrics or []])

@@ -18,6 +18,7 @@ import uvloop
 from pyserve import archive
 from pyserve.config import Settings
 from pyserve.engine import Engine
+from pyserve.engine.loading import RegisterOptions
 from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
 from pyserve.frontend.listeners import Listener, ListenerError, make_listener
@@ -50,7 +51,8 @@ async def _load_startup_models(engine: Engine, settings: Settings) -> list[str]:
     problems = []
     for name, url in startup_models(settings):
         try:
-            model = await engine.register(url, model_name=name, loaded_at_startup=True)
+            model = await engine.register(url, RegisterOptions(model_name=name),
+                                          loaded_at_startup=True)
             log.info("model %s:%s is served from %s with %d workers", model.name, model.version,
                      url, len(model.live_workers()))
         except (ServeError, archive.ArchiveError) as error:

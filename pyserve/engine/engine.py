@@ -13,23 +13,16 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
-
-import yaml
+from typing import Protocol
 
 from pyserve import archive, protocol
 from pyserve.config import Settings
 from pyserve.engine.core import Core, ring_capacity_for, segment_prefix
-from pyserve.engine.models import ModelConfig, ModelVersion
-from pyserve.engine.workers import WorkerProcess, WorkerState
-from pyserve.errors import (
-    BadRequest,
-    ModelNotFound,
-    ModelVersionNotFound,
-    ServeError,
-    ServiceUnavailable,
-)
+from pyserve.engine.loading import RegisterOptions, prepare
+from pyserve.engine.models import ModelVersion
+from pyserve.engine.workers import WorkerProcess
+from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, ServiceUnavailable
 
 log = logging.getLogger("pyserve.engine")
 
@@ -38,16 +31,21 @@ RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 STOP_GRACE_SECONDS = 10.0
 
 
+class MetricsSink(Protocol):
+    def record_handler_metrics(self, model: ModelVersion, updates: list) -> None: ...
+
+
 def default_worker_count() -> int:
     """One worker per core this process may run on (TorchServe: per core, when no GPU)."""
     return len(os.sched_getaffinity(0)) or 1
 
 
 class Engine:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: MetricsSink | None = None):
         self.settings = settings
+        self.metrics = metrics
         capacity = ring_capacity_for(settings.max_request_size, settings.max_response_size)
-        self.core = Core(segment_prefix(), capacity, self._on_worker_event)
+        self.core = Core(segment_prefix(), capacity, self._on_worker_event, self._on_metrics)
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.default_versions: dict[str, str] = {}
         self._model_ids = itertools.count(1)
@@ -74,103 +72,42 @@ class Engine:
             raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
         return versions[version]
 
-    def resolve_source(self, url: str) -> Path:
-        """A url given at registration -> the archive or folder it names in the model store."""
-        path = Path(url)
-        if not path.is_absolute():
-            if self.settings.model_store is None:
-                raise BadRequest("No model store configured: use --model-store")
-            path = Path(self.settings.model_store) / url
-        if not path.exists():
-            raise ModelNotFound(f"Model not found at: {url}")
-        return path
-
     async def register(
         self,
         url: str,
+        options: RegisterOptions | None = None,
         *,
-        model_name: str | None = None,
-        handler: str | None = None,
-        initial_workers: int | None = None,
-        batch_size: int | None = None,
-        max_batch_delay: int | None = None,
         synchronous: bool = True,
         loaded_at_startup: bool = False,
     ) -> ModelVersion:
-        source = self.resolve_source(url)
-        target = self._extract_root / uuid.uuid4().hex
-        model_dir = await asyncio.to_thread(archive.extract, source, target)
-        try:
-            model = self._describe_archive(url, model_dir, model_dir == target, model_name, handler)
-        except BaseException:
-            archive.remove_extracted(model_dir, self._extract_root)
-            raise
-        config = model.config
-        if batch_size is not None and batch_size > 0:
-            config.batch_size = batch_size
-        if max_batch_delay is not None and max_batch_delay >= 0:
-            config.max_batch_delay = max_batch_delay
-        if initial_workers is None:
-            initial_workers = self.settings.default_workers_per_model or default_worker_count()
-        if "minWorkers" not in model.yaml_config:
-            config.min_workers = config.max_workers = initial_workers
-        model.loaded_at_startup = loaded_at_startup
+        """Prepares the archive, starts its workers and, if synchronous, waits until they load.
 
+        A synchronous registration whose workers fail to load is undone, as in TorchServe.
+        """
+        default_workers = self.settings.default_workers_per_model or (
+            default_worker_count() if loaded_at_startup else 1
+        )
+        model = await prepare(url, options or RegisterOptions(), self.settings, self._extract_root,
+                              next(self._model_ids), default_workers, self.models)
+        model.loaded_at_startup = loaded_at_startup
+        config = model.config
         self.core.scheduler.add_model(
             model.core_id, config.batch_size, config.max_batch_delay, config.job_queue_size
         )
         self.models.setdefault(model.name, {})[model.version] = model
         self.default_versions.setdefault(model.name, model.version)
-        started = self.scale(model, config.min_workers)
-        if synchronous and not await started:
+        started = self._scale_to(model, config.min_workers)
+        if synchronous and not await self._wait_loaded(model, started):
             await self.unregister(model)
-            raise ServiceUnavailable(
-                f"Failed to start workers for model {model.name} version: {model.version}"
-            )
+            raise ServeError(500, "InternalServerException",
+                             f"Failed to start workers for model {model.name} version: {model.version}")
         return model
-
-    def _describe_archive(
-        self, url: str, model_dir: Path, extracted: bool, name: str | None, handler: str | None
-    ) -> ModelVersion:
-        manifest = archive.read_manifest(model_dir)
-        info = manifest["model"]
-        name = name or info.get("modelName") or archive.default_model_name(url)
-        version = str(info.get("modelVersion") or "1.0")
-        handler = handler or info.get("handler")
-        if not handler:
-            raise BadRequest(f"Model {name} has no handler: set one with the handler parameter")
-        if version in self.models.get(name, {}):
-            raise ServeError(
-                409, "ConflictStatusException",
-                f"Model version {version} is already registered for model {name}",
-            )
-        yaml_config = self._read_yaml(model_dir, info.get("configFile"))
-        config = ModelConfig(
-            response_timeout=self.settings.default_response_timeout,
-            startup_timeout=self.settings.default_startup_timeout,
-            job_queue_size=self.settings.job_queue_size,
-        )
-        return ModelVersion(
-            name=name, version=version, url=url, model_dir=model_dir, manifest=manifest,
-            handler=handler, config=config, core_id=next(self._model_ids), extracted=extracted,
-            yaml_config=yaml_config, runtime=manifest.get("runtime", "python"),
-        )
-
-    @staticmethod
-    def _read_yaml(model_dir: Path, config_file: str | None) -> dict:
-        if not config_file:
-            return {}
-        try:
-            loaded = yaml.safe_load((model_dir / config_file).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise BadRequest(f"cannot read model config {config_file}: {error}") from None
-        return loaded if isinstance(loaded, dict) else {}
 
     async def unregister(self, model: ModelVersion) -> None:
         versions = self.models.get(model.name, {})
         if versions.get(model.version) is not model:
             return
-        await self.scale(model, 0)
+        self._scale_to(model, 0)
         await self._wait_exited(list(model.workers.values()))
         del versions[model.version]
         if not versions:
@@ -182,16 +119,23 @@ class Engine:
         self.core.fail(leftovers, 404, "ModelNotFoundException", f"Model not found: {model.name}")
         if model.extracted:
             archive.remove_extracted(model.model_dir, self._extract_root)
+        if model.dependency_dir is not None:
+            archive.remove_extracted(model.dependency_dir, self._extract_root)
 
     # -- workers --------------------------------------------------------------------
 
     async def scale(self, model: ModelVersion, count: int) -> bool:
-        """Starts or stops workers until `count` are alive; True if all that run have loaded."""
+        """Starts or stops workers until `count` are alive; True once all started have loaded."""
+        return await self._wait_loaded(model, self._scale_to(model, count))
+
+    def _scale_to(self, model: ModelVersion, count: int) -> list[WorkerProcess]:
         live = model.live_workers()
         for worker in live[count:]:
             self.core.scheduler.stop_worker(worker.id)
             worker.stop()
-        started = [self._spawn(model) for _ in range(count - len(live))]
+        return [self._spawn(model) for _ in range(count - len(live))]
+
+    async def _wait_loaded(self, model: ModelVersion, started: list[WorkerProcess]) -> bool:
         if not started:
             return True
         timeout = model.config.startup_timeout
@@ -216,13 +160,14 @@ class Engine:
                 "batch_size": model.config.batch_size,
                 "gpu_id": None,
                 "limit_max_image_pixels": self.settings.limit_max_image_pixels,
+                "decode_input_request": self.settings.decode_input_request,
                 "model_yaml_config": model.yaml_config,
             }
         )
         rings = self.core.scheduler.add_worker(worker_id, model.core_id, load)
-        worker = WorkerProcess(
-            worker_id, model.model_dir, rings, self.core.doorbell_name, self._worker_exited
-        )
+        paths = [str(model.dependency_dir)] if model.dependency_dir else []
+        worker = WorkerProcess(worker_id, model.model_dir, rings, self.core.doorbell_name,
+                               self._worker_exited, extra_paths=paths)
         model.workers[worker_id] = worker
         self._workers[worker_id] = (worker, model)
         worker.start(self._loop)
@@ -249,6 +194,11 @@ class Engine:
             worker.mark_load_failed(message)
             log.error("worker %s of %s:%s failed to load: %s", worker_id, model.name,
                       model.version, message)
+
+    def _on_metrics(self, worker_id: int, updates: list) -> None:
+        entry = self._workers.get(worker_id)
+        if entry is not None and self.metrics is not None:
+            self.metrics.record_handler_metrics(entry[1], updates)
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         _, model = self._workers.pop(worker.id)

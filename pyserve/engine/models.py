@@ -23,6 +23,7 @@ class ModelConfig:
     max_workers: int = 1
     job_queue_size: int = 100
     device_type: str = "cpu"
+    device_ids: list[int] | None = None
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ModelVersion:
     yaml_config: dict = field(default_factory=dict)
     loaded_at_startup: bool = False
     runtime: str = "python"
+    dependency_dir: Path | None = None  # where its requirements were installed, if any
     registered_at: float = field(default_factory=time.time)
     workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
 

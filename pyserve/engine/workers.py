@@ -27,9 +27,10 @@ class WorkerState(enum.Enum):
     STOPPED = "STOPPED"
 
 
-def worker_environment(model_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def worker_environment(model_dir: Path, extra_paths: list[str], extra: dict[str, str] | None = None
+                       ) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(model_dir)]
+    paths = [str(model_dir), *extra_paths]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -50,6 +51,7 @@ class WorkerProcess:
         on_exit: Callable[["WorkerProcess"], None],
         gpu_id: int | None = None,
         env: dict[str, str] | None = None,
+        extra_paths: list[str] | None = None,
     ):
         self.id = worker_id
         self.model_dir = model_dir
@@ -63,6 +65,7 @@ class WorkerProcess:
         self._doorbell = doorbell
         self._on_exit = on_exit
         self._env = env
+        self._extra_paths = extra_paths or []
         self._process: subprocess.Popen | None = None
         self._pidfd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,7 +93,7 @@ class WorkerProcess:
             "--parent-pid", str(os.getpid()),
         ]
         self._process = subprocess.Popen(
-            command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._env),
+            command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._extra_paths, self._env),
             stdin=subprocess.DEVNULL,
         )
         self._pidfd = os.pidfd_open(self._process.pid)

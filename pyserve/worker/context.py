@@ -6,6 +6,7 @@ headers and to set each response's status, content type and headers.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -79,6 +80,11 @@ class Context:
         self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
         self.stopping_criteria = None
         self.cl_socket = None
+        self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
+        self.header_key_sequence_start = os.getenv(
+            "TS_REQUEST_SEQUENCE_START", "ts_request_sequence_start"
+        )
+        self.header_key_sequence_end = os.getenv("TS_REQUEST_SEQUENCE_END", "ts_request_sequence_end")
 
     @property
     def system_properties(self) -> dict:
@@ -134,7 +140,7 @@ class Context:
         self._request_processor[idx].add_response_property(key, value)
 
     def get_sequence_id(self, idx: int) -> str | None:
-        return self.get_request_header(idx, "ts_request_sequence_id")
+        return self.get_request_header(idx, self.header_key_sequence_id)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Context) and self.__dict__ == other.__dict__

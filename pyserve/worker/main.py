@@ -13,11 +13,17 @@ import signal
 import sys
 import traceback
 
-from pyserve import __version__, _core, protocol
+from pyserve import _core, protocol
+from pyserve.compat import install_ts_alias
 from pyserve.errors import error_body
 from pyserve.worker.context import Context
 from pyserve.worker.loader import load_entry_point
+from pyserve.worker.metrics import MetricsCache
 from pyserve.worker.service import Service
+
+# What handlers see as system_properties["server_version"]: the TorchServe release whose
+# behaviour pyserve reproduces, since handlers compare it against TorchServe versions.
+SERVER_VERSION = "0.12.0"
 
 log = logging.getLogger("pyserve.worker")
 
@@ -26,35 +32,37 @@ def load(settings: dict) -> Service:
     model_dir = settings["model_dir"]
     if model_dir not in sys.path:
         sys.path.insert(0, model_dir)
+    install_ts_alias()
     context = Context(
         model_name=settings["model_name"],
         model_dir=model_dir,
         manifest=settings.get("manifest"),
         batch_size=settings["batch_size"],
         gpu=settings.get("gpu_id"),
-        mms_version=__version__,
+        mms_version=SERVER_VERSION,
         limit_max_image_pixels=settings.get("limit_max_image_pixels", True),
+        metrics=MetricsCache(settings["model_name"]),
         model_yaml_config=settings.get("model_yaml_config") or {},
     )
     entry_point = load_entry_point(settings["handler"])
     entry_point.initialize(context)
-    return Service(entry_point, context)
+    return Service(entry_point, context, decode_json=settings.get("decode_input_request", True))
 
 
-def send_results(channel: _core.WorkerChannel, batch_id: int, results: list) -> None:
-    frame = protocol.encode_results(batch_id, True, results)
+def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, metrics: list) -> None:
+    frame = protocol.encode_results(batch_id, True, results, metrics)
     if len(frame) <= channel.max_frame_size:
         channel.send(frame)
         return
     # Too large for one frame: one frame per result, the last one closing the batch.
     for index, result in enumerate(results):
         done = index == len(results) - 1
-        frame = protocol.encode_results(batch_id, done, [result])
+        frame = protocol.encode_results(batch_id, done, [result], metrics if done else [])
         if len(frame) > channel.max_frame_size:
             message = f"response of {len(result[5])} bytes is larger than the worker's ring"
             result = [result[0], 500, "", "application/json", [],
                       error_body(500, "InternalServerException", message)]
-            frame = protocol.encode_results(batch_id, done, [result])
+            frame = protocol.encode_results(batch_id, done, [result], metrics if done else [])
         channel.send(frame)
 
 
@@ -78,7 +86,8 @@ def serve(channel: _core.WorkerChannel) -> int:
             return 0
         if kind == protocol.BATCH:
             _, batch_id, requests = frame
-            send_results(channel, batch_id, service.predict(requests))
+            results = service.predict(requests)
+            send_results(channel, batch_id, results, service.context.metrics.drain())
         else:
             log.error("ignoring a frame of unknown kind %s", kind)
 

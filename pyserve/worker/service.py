@@ -1,17 +1,19 @@
 """Runs one batch through the handler and turns the outcome into one result per request.
 
 Failures are answered per request with TorchServe's codes and messages, and never end
-the worker: the next batch is served as usual.
+the worker: the next batch is served as usual. A request whose body cannot be read is
+answered 400 on its own; the rest of its batch still reaches the handler.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pyserve.errors import error_body
 from pyserve.worker.context import Context, RequestProcessor
-from pyserve.worker.inputs import build_row
+from pyserve.worker.inputs import BadInput, build_row
 from pyserve.worker.loader import EntryPoint
 from pyserve.worker.outputs import encode_body
 
@@ -20,48 +22,74 @@ log = logging.getLogger("pyserve.worker")
 JSON = "application/json"
 
 
-def _error_results(requests: list[dict], code: int, message: str) -> list[list]:
-    body = error_body(code, "InternalServerException", message)
-    return [[request["id"], code, "", JSON, [], body] for request in requests]
+def _error(request: dict, code: int, message: str, type: str = "InternalServerException") -> list:
+    return [request["id"], code, "", JSON, [], error_body(code, type, message)]
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "CUDA" in str(error)
+def _failure(error: Exception) -> tuple[int, str]:
+    """TorchServe's answer to a handler that raised: (status, message)."""
+    code = getattr(error, "error_code", None)
+    # Duck-typed so that both pyserve's and the real torchserve's PredictionException count.
+    if type(error).__name__ == "PredictionException" and isinstance(code, int):
+        return (507 if code == 413 else code), str(getattr(error, "message", error))
+    if isinstance(error, MemoryError) or "CUDA" in str(error):
+        return 507, "Out of resources"
+    return 503, "Prediction failed"
 
 
 class Service:
-    def __init__(self, entry_point: EntryPoint, context: Context):
+    def __init__(self, entry_point: EntryPoint, context: Context, decode_json: bool = True):
         self.entry_point = entry_point
         self.context = context
+        self.decode_json = decode_json
 
     def predict(self, requests: list[dict]) -> list[list]:
-        context = self.context
-        data = []
-        processors = []
+        answers: dict[int, list] = {}
+        accepted: list[dict] = []
+        data: list[dict] = []
+        processors: list[RequestProcessor] = []
         for request in requests:
-            row, headers = build_row(request)
+            try:
+                row, headers = build_row(request, self.decode_json)
+            except BadInput as error:
+                answers[request["id"]] = _error(request, 400, str(error), "BadRequestException")
+                continue
+            accepted.append(request)
             data.append(row)
             processors.append(RequestProcessor(headers))
+        if accepted:
+            for request, result in zip(accepted, self._run(accepted, data, processors)):
+                answers[request["id"]] = result
+        return [answers[request["id"]] for request in requests]
+
+    def _run(self, requests: list[dict], data: list[dict], processors: list) -> list[list]:
+        context = self.context
         context.request_ids = {idx: request["request_id"] for idx, request in enumerate(requests)}
         context.request_processor = processors
+        if context.metrics is not None:
+            context.metrics.request_ids = context.request_ids
 
+        started = time.perf_counter()
         try:
             outputs = self.entry_point.handle(data, context)
         except Exception as error:  # noqa: BLE001 - any handler failure is answered, not fatal
             log.exception("handler failed on a batch of %d", len(requests))
-            if _is_out_of_memory(error):
-                return _error_results(requests, 507, "Out of resources")
-            return _error_results(requests, 503, "Prediction failed")
+            code, message = _failure(error)
+            return [_error(request, code, message) for request in requests]
 
         if not isinstance(outputs, list):
-            return _error_results(requests, 503, "Invalid model predict output")
+            log.warning("handler returned %s, not a list", type(outputs).__name__)
+            return [_error(request, 503, "Invalid model predict output") for request in requests]
         if len(outputs) != len(requests):
-            return _error_results(requests, 503, "number of batch response mismatched")
+            log.warning("handler returned %d answers for %d requests", len(outputs), len(requests))
+            return [_error(request, 503, "number of batch response mismatched") for request in requests]
         try:
             bodies = [encode_body(item) for item in outputs]
         except (TypeError, ValueError):
             log.exception("handler returned a value that cannot be serialised")
-            return _error_results(requests, 503, "Unsupported model output data type.")
+            return [_error(request, 503, "Unsupported model output data type.") for request in requests]
+        if context.metrics is not None:
+            context.metrics.add_time("PredictionTime", round((time.perf_counter() - started) * 1000, 2))
         return [
             self._result(request, processor, body)
             for request, processor, body in zip(requests, processors, bodies)
@@ -69,10 +97,9 @@ class Service:
 
     @staticmethod
     def _result(request: dict, processor: RequestProcessor, body: bytes) -> list[Any]:
-        headers = processor.get_response_headers()
         content_type = None
         extra = []
-        for key, value in headers.items():
+        for key, value in processor.get_response_headers().items():
             if str(key).lower() == "content-type":
                 content_type = str(value)
             else:

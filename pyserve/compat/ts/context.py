@@ -1,0 +1,3 @@
+from pyserve.worker.context import Context, RequestProcessor
+
+__all__ = ["Context", "RequestProcessor"]

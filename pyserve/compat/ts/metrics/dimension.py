@@ -1,0 +1,3 @@
+from pyserve.worker.metrics import Dimension
+
+__all__ = ["Dimension"]

@@ -1,0 +1,3 @@
+from pyserve.worker.metrics import MetricTypes
+
+__all__ = ["MetricTypes"]

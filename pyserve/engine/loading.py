@@ -1,0 +1,184 @@
+"""Turns a registration into a ModelVersion: find the archive, unpack it once, read its
+manifest and model-config yaml, settle every setting, install its requirements if allowed.
+
+Which value wins, for each setting (TorchServe's order, except where noted):
+- batch_size, max_batch_delay: the API or CLI value, else the yaml (batchSize,
+  maxBatchDelay), else 1 and 100 ms;
+- min/max workers: the yaml's minWorkers/maxWorkers when valid, else initial_workers;
+- response_timeout, startup_timeout: the API value, else the yaml's, else the server's
+  default (TorchServe lets an unwritten yaml value of 120 override the API: a bug);
+- job_queue_size: the yaml's jobQueueSize, else the server's job_queue_size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pyserve import archive
+from pyserve.config import Settings
+from pyserve.engine.models import ModelConfig, ModelVersion
+from pyserve.errors import BadRequest, ModelNotFound, ServeError
+
+log = logging.getLogger("pyserve.engine")
+
+RUNTIMES = ("python", "python3")
+
+
+@dataclass
+class RegisterOptions:
+    """What a registration may override, named as TorchServe's register parameters."""
+
+    model_name: str | None = None
+    handler: str | None = None
+    runtime: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    initial_workers: int | None = None
+    response_timeout: int | None = None
+    startup_timeout: int | None = None
+
+
+def resolve_source(url: str, settings: Settings) -> Path:
+    """A url given at registration -> the archive or folder it names."""
+    if not url:
+        raise ModelNotFound("empty url")
+    if ".." in Path(url).parts:
+        raise ModelNotFound(f"Relative path is not allowed in url: {url}")
+    path = Path(url)
+    if not path.is_absolute():
+        if settings.model_store is None:
+            raise BadRequest("No model store configured: start pyserve with --model-store")
+        path = Path(settings.model_store) / url
+    if not path.exists():
+        raise ModelNotFound(f"Model not found at: {url}")
+    return path
+
+
+def read_yaml(model_dir: Path, config_file: str | None) -> dict:
+    if not config_file:
+        return {}
+    try:
+        loaded = yaml.safe_load((model_dir / config_file).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise BadRequest(f"cannot read model config {config_file}: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise BadRequest(f"model config {config_file} is not a mapping of keys to values")
+    return loaded
+
+
+def _positive(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _non_negative(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def settle_config(options: RegisterOptions, yaml_config: dict, settings: Settings,
+                  default_workers: int) -> ModelConfig:
+    config = ModelConfig(
+        batch_size=_positive(options.batch_size) or _positive(yaml_config.get("batchSize")) or 1,
+        max_batch_delay=next(
+            (v for v in (_non_negative(options.max_batch_delay),
+                         _non_negative(yaml_config.get("maxBatchDelay"))) if v is not None), 100),
+        response_timeout=next(
+            (v for v in (_positive(options.response_timeout),
+                         _positive(yaml_config.get("responseTimeout"))) if v is not None),
+            settings.default_response_timeout),
+        startup_timeout=next(
+            (v for v in (_non_negative(options.startup_timeout),
+                         _non_negative(yaml_config.get("startupTimeout"))) if v is not None),
+            settings.default_startup_timeout),
+        job_queue_size=_positive(yaml_config.get("jobQueueSize")) or settings.job_queue_size,
+    )
+    workers = options.initial_workers if options.initial_workers is not None else default_workers
+    workers = max(workers, 0)
+    yaml_min = _positive(yaml_config.get("minWorkers"))
+    yaml_max = _positive(yaml_config.get("maxWorkers"))
+    if yaml_min and yaml_max and yaml_max >= yaml_min:
+        config.min_workers, config.max_workers = yaml_min, yaml_max
+    else:
+        config.min_workers = config.max_workers = workers
+    device_type = str(yaml_config.get("deviceType", "")).lower()
+    if device_type in ("cpu", "gpu"):
+        config.device_type = device_type
+    device_ids = yaml_config.get("deviceIds")
+    if isinstance(device_ids, list) and all(isinstance(i, int) for i in device_ids):
+        config.device_ids = device_ids
+    return config
+
+
+def describe_archive(url: str, model_dir: Path, options: RegisterOptions) -> tuple[dict, str, str, str]:
+    """(manifest, name, version, handler) for the unpacked archive."""
+    manifest = archive.read_manifest(model_dir)
+    info = manifest["model"]
+    name = options.model_name or info.get("modelName") or archive.default_model_name(url)
+    version = str(info.get("modelVersion") or "1.0")
+    handler = options.handler or info.get("handler")
+    if not handler:
+        raise BadRequest(f"Model {name} has no handler: give one with the handler parameter")
+    runtime = options.runtime or manifest.get("runtime", "python")
+    if runtime not in RUNTIMES:
+        raise BadRequest(f"Invalid RuntimeType value: {runtime}")
+    return manifest, name, version, handler
+
+
+async def install_requirements(model: ModelVersion, target: Path) -> None:
+    """`pip install -t target -r requirements` for the model, before any worker starts."""
+    requirements = model.manifest["model"].get("requirementsFile")
+    if not requirements:
+        return
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+               "--no-input", "-U", "-t", str(target), "-r", str(model.model_dir / requirements)]
+    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    if result.returncode != 0:
+        log.error("pip failed for model %s:\n%s", model.name, result.stderr[-4000:])
+        raise BadRequest(f"Custom pip package installation failed for model {model.name}")
+    model.dependency_dir = target
+
+
+async def prepare(
+    url: str,
+    options: RegisterOptions,
+    settings: Settings,
+    extract_root: Path,
+    core_id: int,
+    default_workers: int,
+    registered: dict[str, dict[str, ModelVersion]],
+) -> ModelVersion:
+    """Everything a registration does before workers start; cleans up after itself on error."""
+    source = resolve_source(url, settings)
+    unpacked = extract_root / uuid.uuid4().hex
+    try:
+        model_dir = await asyncio.to_thread(archive.extract, source, unpacked)
+    except archive.ArchiveError as error:
+        raise BadRequest(str(error)) from None
+    try:
+        manifest, name, version, handler = describe_archive(url, model_dir, options)
+        if version in registered.get(name, {}):
+            raise ServeError(409, "ConflictStatusException",
+                             f"Model version {version} is already registered for model {name}")
+        yaml_config = read_yaml(model_dir, manifest["model"].get("configFile"))
+        model = ModelVersion(
+            name=name, version=version, url=url, model_dir=model_dir, manifest=manifest,
+            handler=handler, config=settle_config(options, yaml_config, settings, default_workers),
+            core_id=core_id, extracted=model_dir == unpacked, yaml_config=yaml_config,
+            runtime=options.runtime or manifest.get("runtime", "python"),
+        )
+        if settings.install_py_dep_per_model:
+            await install_requirements(model, extract_root / f"{unpacked.name}-deps")
+    except BaseException:
+        archive.remove_extracted(unpacked, extract_root)
+        archive.remove_extracted(extract_root / f"{unpacked.name}-deps", extract_root)
+        raise
+    return model
