@@ -105,6 +105,7 @@ def start_server(
     tmp_path: Path,
     model_store: Path,
     models: list[str],
+    env: dict[str, str] | None = None,
     **config: object,
 ) -> Server:
     """`pyserve start --foreground` on free ports; returns once it reports ready."""
@@ -122,7 +123,8 @@ def start_server(
         arguments += ["--models", *models]
     with open(log_path, "wb") as log:
         process, report = spawn_server(
-            arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path)), cwd=tmp_path
+            arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), **(env or {})),
+            cwd=tmp_path,
         )
     server = Server(process, port, log_path)
     if not report.startswith("ready"):

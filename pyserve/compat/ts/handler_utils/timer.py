@@ -1,0 +1,3 @@
+from pyserve.handlers.base_handler import timed
+
+__all__ = ["timed"]

@@ -1,0 +1,3 @@
+from pyserve.handlers.image_segmenter import ImageSegmenter
+
+__all__ = ["ImageSegmenter"]

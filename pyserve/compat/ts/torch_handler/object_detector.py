@@ -1,0 +1,3 @@
+from pyserve.handlers.object_detector import ObjectDetector
+
+__all__ = ["ObjectDetector"]

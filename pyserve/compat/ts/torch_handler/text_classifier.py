@@ -1,0 +1,3 @@
+from pyserve.handlers.text_classifier import TextClassifier
+
+__all__ = ["TextClassifier"]

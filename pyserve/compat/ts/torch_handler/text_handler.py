@@ -1,0 +1,3 @@
+from pyserve.handlers.text_handler import TextHandler
+
+__all__ = ["TextHandler"]

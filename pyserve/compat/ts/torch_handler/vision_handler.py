@@ -1,0 +1,3 @@
+from pyserve.handlers.vision_handler import VisionHandler
+
+__all__ = ["VisionHandler"]
