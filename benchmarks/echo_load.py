@@ -57,7 +57,8 @@ def start_pyserve(workdir: Path, workers: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = workdir / "config.properties"
     config.write_text(f"inference_address=http://127.0.0.1:{port}\n"
-                      f"default_workers_per_model={workers}\n")
+                      f"default_workers_per_model={workers}\n"
+                      "disable_token_authorization=true\n")
     log = open(workdir / "pyserve.log", "wb")
     process, report = spawn_server(
         ["--model-store", str(store), "--models", "echo=echo.mar", "--ts-config", str(config)],

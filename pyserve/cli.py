@@ -37,6 +37,14 @@ def _start_parser(commands) -> None:
     start.add_argument("--log-dir", metavar="DIR",
                        help="where a background server writes pyserve.log "
                             "(default: $LOG_LOCATION or ./logs)")
+    ignored = start.add_argument_group(
+        "accepted for torchserve compatibility, without effect",
+        "pyserve has no JVM, workflows or plugins; these flags are accepted so that "
+        "existing torchserve command lines keep working.")
+    ignored.add_argument("--log-config", metavar="FILE", help="log4j2 configuration (JVM only)")
+    ignored.add_argument("--cpp-log-config", metavar="FILE", help="C++ backend log configuration")
+    ignored.add_argument("--workflow-store", metavar="DIR", help="workflow archives (.war)")
+    ignored.add_argument("--plugins-path", "--ppath", metavar="DIR", help="Java plugins")
 
 
 def _archive_parser(commands) -> None:

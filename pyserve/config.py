@@ -33,14 +33,18 @@ class Settings:
     default_response_timeout: int = 120
     default_startup_timeout: int = 120
     number_of_gpu: int | None = None
-    allowed_urls: list[str] = field(default_factory=lambda: [r"file://.*", r"http(s)?://.*"])
+    allowed_urls: list[str] = field(default_factory=list)  # TorchServe allows any URL: see engine/fetch.py
+    use_env_allowed_urls: bool = False
     disable_token_authorization: bool = False
+    token_expiration_min: float = 60
     enable_model_api: bool = False
     enable_envvars_config: bool = False
     install_py_dep_per_model: bool = False
     limit_max_image_pixels: bool = True
     decode_input_request: bool = True
     initial_worker_port: int = 9000
+    unregister_model_timeout: int = 120
+    enable_metrics_api: bool = True
 
     def merged(self, **overrides: Any) -> "Settings":
         """A copy with the given fields replaced; None values are ignored."""
@@ -69,6 +73,11 @@ def _convert(key: str, value: str) -> Any:
         return _as_bool(key, value)
     if kind in ("int", "int | None"):
         return _as_int(key, value)
+    if kind == "float":
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if kind == "list[str]":
         return [item.strip() for item in value.split(",") if item.strip()]
     return value.strip()
@@ -76,6 +85,19 @@ def _convert(key: str, value: str) -> Any:
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
 _PLACEHOLDER = re.compile(r"\$\$([A-Za-z_][A-Za-z0-9_]*)\$\$")
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+_ESCAPED = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(value: str) -> str:
+    """Java properties escapes: \\t, \\n, \\uXXXX; any other escaped character stands for itself."""
+    def replace(match: re.Match) -> str:
+        code = match.group(1)
+        if len(code) == 5:
+            return chr(int(code[1:], 16))
+        return _ESCAPED.get(code, code)
+
+    return _ESCAPE.sub(replace, value)
 
 
 def read_properties(text: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -90,14 +112,15 @@ def read_properties(text: str, env: Mapping[str, str] | None = None) -> dict[str
         line = raw.strip() if not logical else raw.lstrip()
         if not logical and (not line or line[0] in "#!"):
             continue
-        if line.endswith("\\") and not line.endswith("\\\\"):
+        if (len(line) - len(line.rstrip("\\"))) % 2 == 1:  # an odd number of \ continues the line
             logical += line[:-1]
             continue
         logical += line
         match = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)$", logical)
         if match:
             key, value = match.group(1), match.group(2)
-            properties[key] = _PLACEHOLDER.sub(lambda m: env.get(m.group(1), ""), value)
+            value = _PLACEHOLDER.sub(lambda m: env.get(m.group(1), ""), _unescape(value))
+            properties[_unescape(key)] = value
         elif logical:
             properties[logical] = ""
         logical = ""
@@ -130,8 +153,11 @@ def load_settings(
     ):
         for name in _FIELDS:
             variable = f"TS_{name.upper()}"
-            if variable in env and name != "allowed_urls":
+            if variable in env:
                 values[name] = _convert(name, env[variable])
+        # As in TorchServe, the URL allow-list is taken from the environment only on request.
+        if "TS_ALLOWED_URLS" in env and not values.get("use_env_allowed_urls"):
+            values.pop("allowed_urls", None)
     settings = Settings(**values)
     return settings.merged(**cli)
 

@@ -15,7 +15,7 @@ Worker to server::
 
     [LOADED, info]                        info: {"pid": int}
     [LOAD_FAILED, message]
-    [RESULTS, batch_id, done, [result, ...], [metric update, ...]]
+    [RESULTS, batch_id, done, [result, ...], [metric update, ...], started_ns]
 
 A request is ``{"id", "request_id", "content_type", "headers", "body"}``: the core's
 integer id, the client-visible request id, the body's content type, the HTTP headers as
@@ -23,7 +23,9 @@ integer id, the client-visible request id, the body's content type, the HTTP hea
 ``[id, status, phrase, content_type, headers, body]`` with ``headers`` a list of
 ``[name, value]`` string pairs and ``content_type`` None when the handler set none. A
 metric update is what a handler recorded through ``context.metrics``:
-``[name, unit, type, [dimension names], [dimension values], value]``.
+``[name, unit, type, [dimension names], [dimension values], value]``. ``started_ns`` is
+when the worker began the batch, on CLOCK_MONOTONIC, which every process on the host
+shares: the frontend subtracts a request's arrival from it to get its queue latency.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Result(NamedTuple):
     content_type: str | None
     headers: list[list[str]]
     body: bytes
+    started_ns: int = 0  # when a worker began the batch; 0 if none did
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -91,5 +94,7 @@ def encode_load_failed(message: str) -> bytes:
     return _packb([LOAD_FAILED, message])
 
 
-def encode_results(batch_id: int, done: bool, results: list, metrics: list | None = None) -> bytes:
-    return _packb([RESULTS, batch_id, done, results, metrics or []])
+def encode_results(
+    batch_id: int, done: bool, results: list, metrics: list | None = None, started_ns: int = 0
+) -> bytes:
+    return _packb([RESULTS, batch_id, done, results, metrics or [], started_ns])

@@ -15,13 +15,16 @@ from typing import Callable
 
 import uvloop
 
-from pyserve import archive
+from pyserve import __version__, archive
 from pyserve.config import Settings
 from pyserve.engine import Engine
 from pyserve.engine.loading import RegisterOptions
 from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
 from pyserve.frontend.listeners import Listener, ListenerError, make_listener
+from pyserve.frontend.management import management_app
+from pyserve.frontend.metrics import metrics_app
+from pyserve.frontend.tokens import TokenKeys
 
 log = logging.getLogger("pyserve")
 
@@ -70,12 +73,17 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
 
     engine = Engine(settings)
     await engine.start()
+    tokens = None if settings.disable_token_authorization else TokenKeys(Path.cwd(),
+                                                                          settings.token_expiration_min)
     listeners: list[Listener] = []
     try:
         try:
-            listeners.append(
-                make_listener(inference_app(engine), settings.inference_address, "inference")
-            )
+            listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
+                                           settings.inference_address, "inference"))
+            listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
+                                           settings.management_address, "management"))
+            listeners.append(make_listener(metrics_app(engine.metrics, __version__),
+                                           settings.metrics_address, "metrics"))
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:
@@ -85,8 +93,11 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
         for listener in listeners:
             log.info("listening on %s:%s", *listener.socket.getsockname()[:2])
+        if tokens is not None:
+            log.info("token authorization is on: keys in %s", tokens.path)
         if on_ready:
-            on_ready("ready" + "".join(f"\nwarning: cannot load {p}" for p in problems))
+            keys = f"\ntoken authorization is on: keys in {tokens.path}" if tokens else ""
+            on_ready("ready" + keys + "".join(f"\nwarning: cannot load {p}" for p in problems))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping: finishing in-flight requests")
@@ -98,6 +109,8 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         await engine.close()
         for listener in listeners:
             listener.socket.close()
+        if tokens is not None:
+            tokens.remove_file()
         log.info("stopped")
     return 0
 

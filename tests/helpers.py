@@ -20,9 +20,19 @@ READY_TIMEOUT = 120
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all probes stay bound until every port is chosen."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def shm_segments() -> set[str]:
@@ -75,12 +85,22 @@ def archive_model(
 class Server:
     process: subprocess.Popen
     inference_port: int
+    management_port: int
+    metrics_port: int
     log_path: Path
     workers: set[int] = field(default_factory=set)
 
     @property
     def inference_url(self) -> str:
         return f"http://127.0.0.1:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -108,13 +128,17 @@ def start_server(
     env: dict[str, str] | None = None,
     **config: object,
 ) -> Server:
-    """`pyserve start --foreground` on free ports; returns once it reports ready."""
-    port = free_port()
+    """`pyserve start --foreground` on free ports; returns once it reports ready.
+
+    Token authorization is off unless the caller sets disable_token_authorization itself.
+    """
+    config.setdefault("disable_token_authorization", "true")
+    ports = free_ports(3)
     config_file = write_config(
         tmp_path / "config.properties",
-        inference_address=f"http://127.0.0.1:{port}",
-        management_address=f"http://127.0.0.1:{free_port()}",
-        metrics_address=f"http://127.0.0.1:{free_port()}",
+        inference_address=f"http://127.0.0.1:{ports[0]}",
+        management_address=f"http://127.0.0.1:{ports[1]}",
+        metrics_address=f"http://127.0.0.1:{ports[2]}",
         **config,
     )
     log_path = tmp_path / "server.log"
@@ -126,7 +150,7 @@ def start_server(
             arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), **(env or {})),
             cwd=tmp_path,
         )
-    server = Server(process, port, log_path)
+    server = Server(process, *ports, log_path)
     if not report.startswith("ready"):
         server.stop()
         raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")

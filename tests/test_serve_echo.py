@@ -112,7 +112,8 @@ def pyserve(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_store, tmp_path):
     port = free_port()
     config = write_config(tmp_path / "config.properties",
-                          inference_address=f"http://127.0.0.1:{port}")
+                          inference_address=f"http://127.0.0.1:{port}",
+                          disable_token_authorization="true")
     env = dict(os.environ, TMPDIR=str(tmp_path))
     started = pyserve("start", "--model-store", str(model_store), "--models", "echo=echo.mar",
                       "--ts-config", str(config), env=env)
@@ -135,7 +136,8 @@ def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_st
 def test_a_second_start_is_refused_while_one_runs(model_store, tmp_path):
     port = free_port()
     config = write_config(tmp_path / "config.properties",
-                          inference_address=f"http://127.0.0.1:{port}")
+                          inference_address=f"http://127.0.0.1:{port}",
+                          disable_token_authorization="true")
     env = dict(os.environ, TMPDIR=str(tmp_path))
     assert pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
                    env=env).returncode == 0
@@ -162,7 +164,8 @@ def test_a_busy_port_is_reported_clearly(model_store, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         config = write_config(tmp_path / "config.properties",
-                              inference_address=f"http://127.0.0.1:{port}")
+                              inference_address=f"http://127.0.0.1:{port}",
+                          disable_token_authorization="true")
         started = pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
                           env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert started.returncode != 0

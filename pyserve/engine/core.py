@@ -19,7 +19,8 @@ from pyserve.protocol import Result
 log = logging.getLogger("pyserve.engine")
 
 WorkerEvent = Callable[[int, int, bytes], None]
-MetricUpdates = Callable[[int, list], None]
+# (worker id, requests answered by the frame, what the handler recorded in context.metrics)
+BatchDone = Callable[[int, int, list], None]
 
 # Rings hold whole batches; 8 MiB covers TorchServe's default 6.5 MB request limit.
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
@@ -38,10 +39,10 @@ class Core:
     """Owns the scheduler and the futures of every request it holds."""
 
     def __init__(self, prefix: str, ring_capacity: int, on_worker_event: WorkerEvent,
-                 on_metrics: MetricUpdates):
+                 on_batch_done: BatchDone):
         self.scheduler = _core.Scheduler(prefix, ring_capacity)
         self._on_worker_event = on_worker_event
-        self._on_metrics = on_metrics
+        self._on_batch_done = on_batch_done
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,13 +91,12 @@ class Core:
     def _take_completions(self) -> None:
         for worker_id, kind, frame in self.scheduler.take_completions():
             if kind == protocol.RESULTS:
-                _, _, _, results, metrics = protocol.unpack(frame)
+                _, _, _, results, metrics, started_ns = protocol.unpack(frame)
                 for result in results:
                     future = self._pending.pop(result[0], None)
                     if future is not None and not future.done():
-                        future.set_result(Result(*result))
-                if metrics:
-                    self._on_metrics(worker_id, metrics)
+                        future.set_result(Result(*result, started_ns))
+                self._on_batch_done(worker_id, len(results), metrics)
             else:
                 try:
                     self._on_worker_event(worker_id, kind, frame)

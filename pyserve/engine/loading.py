@@ -24,6 +24,7 @@ import yaml
 
 from pyserve import archive
 from pyserve.config import Settings
+from pyserve.engine.fetch import fetch, is_url
 from pyserve.engine.models import ModelConfig, ModelVersion
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
 
@@ -46,10 +47,12 @@ class RegisterOptions:
     startup_timeout: int | None = None
 
 
-def resolve_source(url: str, settings: Settings) -> Path:
-    """A url given at registration -> the archive or folder it names."""
+async def resolve_source(url: str, settings: Settings) -> tuple[Path, bool]:
+    """A url given at registration -> (the archive or folder it names, downloaded by us?)."""
     if not url:
         raise ModelNotFound("empty url")
+    if is_url(url):
+        return await fetch(url, settings.allowed_urls, settings.model_store)
     if ".." in Path(url).parts:
         raise ModelNotFound(f"Relative path is not allowed in url: {url}")
     path = Path(url)
@@ -59,7 +62,7 @@ def resolve_source(url: str, settings: Settings) -> Path:
         path = Path(settings.model_store) / url
     if not path.exists():
         raise ModelNotFound(f"Model not found at: {url}")
-    return path
+    return path, False
 
 
 def read_yaml(model_dir: Path, config_file: str | None) -> dict:
@@ -157,11 +160,13 @@ async def prepare(
     registered: dict[str, dict[str, ModelVersion]],
 ) -> ModelVersion:
     """Everything a registration does before workers start; cleans up after itself on error."""
-    source = resolve_source(url, settings)
+    source, downloaded = await resolve_source(url, settings)
     unpacked = extract_root / uuid.uuid4().hex
     try:
         model_dir = await asyncio.to_thread(archive.extract, source, unpacked)
     except archive.ArchiveError as error:
+        if downloaded:
+            source.unlink(missing_ok=True)
         raise BadRequest(str(error)) from None
     try:
         manifest, name, version, handler = describe_archive(url, model_dir, options)
@@ -174,10 +179,13 @@ async def prepare(
             handler=handler, config=settle_config(options, yaml_config, settings, default_workers),
             core_id=core_id, extracted=model_dir == unpacked, yaml_config=yaml_config,
             runtime=options.runtime or manifest.get("runtime", "python"),
+            downloaded_archive=source if downloaded else None,
         )
         if settings.install_py_dep_per_model:
             await install_requirements(model, extract_root / f"{unpacked.name}-deps")
     except BaseException:
+        if downloaded:
+            source.unlink(missing_ok=True)
         archive.remove_extracted(unpacked, extract_root)
         archive.remove_extracted(extract_root / f"{unpacked.name}-deps", extract_root)
         raise

@@ -22,7 +22,7 @@ class ModelConfig:
     min_workers: int = 1
     max_workers: int = 1
     job_queue_size: int = 100
-    device_type: str = "cpu"
+    device_type: str | None = None  # "cpu" or "gpu"; None until placed: gpu when GPUs are visible
     device_ids: list[int] | None = None
 
 
@@ -41,8 +41,14 @@ class ModelVersion:
     loaded_at_startup: bool = False
     runtime: str = "python"
     dependency_dir: Path | None = None  # where its requirements were installed, if any
+    downloaded_archive: Path | None = None  # fetched into the model store by pyserve; deleted with it
+    retired: bool = False  # being unregistered: no restarts, no new requests
+    restarts: int = 0  # workers restarted after dying unexpectedly
     registered_at: float = field(default_factory=time.time)
     workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
 
     def live_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.alive]
+
+    def ready_workers(self) -> list["WorkerProcess"]:
+        return [worker for worker in self.workers.values() if worker.ready]

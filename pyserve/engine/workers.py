@@ -24,6 +24,7 @@ class WorkerState(enum.Enum):
     STARTING = "STARTING"
     READY = "READY"
     UNLOADING = "UNLOADING"
+    FAILED = "FAILED"  # its handler failed to load; the process is on its way out
     STOPPED = "STOPPED"
 
 
@@ -49,13 +50,11 @@ class WorkerProcess:
         ring_names: tuple[str, str],
         doorbell: str,
         on_exit: Callable[["WorkerProcess"], None],
-        gpu_id: int | None = None,
         env: dict[str, str] | None = None,
         extra_paths: list[str] | None = None,
     ):
         self.id = worker_id
         self.model_dir = model_dir
-        self.gpu_id = gpu_id
         self.state = WorkerState.STARTING
         self.start_time = datetime.datetime.now()
         self.exit_code: int | None = None
@@ -71,6 +70,7 @@ class WorkerProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loaded: asyncio.Future | None = None
         self.exited: asyncio.Future | None = None
+        self.placement = None  # a pyserve.engine.placement.WorkerPlacement once placed
 
     @property
     def pid(self) -> int | None:
@@ -79,6 +79,10 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.state in (WorkerState.STARTING, WorkerState.READY)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.READY
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -107,6 +111,8 @@ class WorkerProcess:
 
     def mark_load_failed(self, message: str) -> None:
         self.load_error = message
+        if self.state is WorkerState.STARTING:
+            self.state = WorkerState.FAILED
         if not self.loaded.done():
             self.loaded.set_result(False)
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 
 from pyserve import _core, protocol
@@ -19,6 +20,7 @@ from pyserve.errors import error_body
 from pyserve.worker.context import Context
 from pyserve.worker.loader import load_entry_point
 from pyserve.worker.metrics import MetricsCache
+from pyserve.worker.pinning import apply_in_worker
 from pyserve.worker.service import Service
 
 # What handlers see as system_properties["server_version"]: the TorchServe release whose
@@ -33,6 +35,7 @@ def load(settings: dict) -> Service:
     if model_dir not in sys.path:
         sys.path.insert(0, model_dir)
     install_ts_alias()
+    apply_in_worker(settings.get("cpus", ()), settings.get("threads", 0))
     context = Context(
         model_name=settings["model_name"],
         model_dir=model_dir,
@@ -46,23 +49,26 @@ def load(settings: dict) -> Service:
     )
     entry_point = load_entry_point(settings["handler"])
     entry_point.initialize(context)
+    apply_in_worker((), settings.get("threads", 0))  # size torch's pool if the handler loaded it
     return Service(entry_point, context, decode_json=settings.get("decode_input_request", True))
 
 
-def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, metrics: list) -> None:
-    frame = protocol.encode_results(batch_id, True, results, metrics)
+def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, metrics: list,
+                 started_ns: int) -> None:
+    frame = protocol.encode_results(batch_id, True, results, metrics, started_ns)
     if len(frame) <= channel.max_frame_size:
         channel.send(frame)
         return
     # Too large for one frame: one frame per result, the last one closing the batch.
     for index, result in enumerate(results):
         done = index == len(results) - 1
-        frame = protocol.encode_results(batch_id, done, [result], metrics if done else [])
+        frame = protocol.encode_results(batch_id, done, [result], metrics if done else [], started_ns)
         if len(frame) > channel.max_frame_size:
             message = f"response of {len(result[5])} bytes is larger than the worker's ring"
             result = [result[0], 500, "", "application/json", [],
                       error_body(500, "InternalServerException", message)]
-            frame = protocol.encode_results(batch_id, done, [result], metrics if done else [])
+            frame = protocol.encode_results(batch_id, done, [result], metrics if done else [],
+                                            started_ns)
         channel.send(frame)
 
 
@@ -81,13 +87,14 @@ def serve(channel: _core.WorkerChannel) -> int:
 
     while True:
         frame = protocol.unpack(channel.receive())
+        started_ns = time.monotonic_ns()
         kind = frame[0]
         if kind == protocol.STOP:
             return 0
         if kind == protocol.BATCH:
             _, batch_id, requests = frame
             results = service.predict(requests)
-            send_results(channel, batch_id, results, service.context.metrics.drain())
+            send_results(channel, batch_id, results, service.context.metrics.drain(), started_ns)
         else:
             log.error("ignoring a frame of unknown kind %s", kind)
 

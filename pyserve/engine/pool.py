@@ -1,0 +1,182 @@
+"""Worker processes: starting them, waiting for them to load, and what happens when they exit.
+
+A worker that exits unexpectedly is noticed at once (pidfd); the core re-queues what it
+held, and it is restarted with TorchServe's Fibonacci back-off while its model is still
+registered and short of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from pyserve import protocol
+from pyserve.config import Settings
+from pyserve.engine.core import Core
+from pyserve.engine.models import ModelVersion
+from pyserve.engine.placement import Placement, PlacementError
+from pyserve.engine.workers import WorkerProcess
+from pyserve.errors import ServeError
+
+log = logging.getLogger("pyserve.engine")
+
+RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+STOP_GRACE_SECONDS = 10.0
+
+
+class WorkerPool:
+    def __init__(self, core: Core, settings: Settings, placement: Placement):
+        self.core = core
+        self.settings = settings
+        self.placement = placement
+        self.closing = False
+        self._ids = itertools.count(settings.initial_worker_port)
+        self._workers: dict[int, tuple[WorkerProcess, ModelVersion]] = {}
+        self._restart_attempts: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def model_of(self, worker_id: int) -> ModelVersion | None:
+        entry = self._workers.get(worker_id)
+        return entry[1] if entry else None
+
+    # -- scaling ----------------------------------------------------------------------
+
+    def scale_to(self, model: ModelVersion, count: int) -> list[WorkerProcess]:
+        """Starts or stops workers until `count` are alive; returns the ones started."""
+        live = model.live_workers()
+        for worker in live[count:]:
+            self.core.scheduler.stop_worker(worker.id)
+            worker.stop()
+        missing = count - len(live)
+        return [self.spawn(model, starting=missing - started) for started in range(missing)]
+
+    async def wait_loaded(self, model: ModelVersion, started: list[WorkerProcess]) -> bool:
+        """True once every started worker has loaded; False if any failed or timed out."""
+        if not started:
+            return True
+        timeout = model.config.startup_timeout
+        done, late = await asyncio.wait([w.loaded for w in started], timeout=max(timeout, 0))
+        for worker in started:
+            if not worker.loaded.done():
+                log.error("worker %s of %s:%s did not load within startup_timeout=%ss",
+                          worker.id, model.name, model.version, timeout)
+                worker.load_error = "startup timeout"
+                worker.kill()
+        return not late and all(future.result() for future in done)
+
+    async def wait_exited(self, workers: list[WorkerProcess]) -> None:
+        pending = [worker.exited for worker in workers if not worker.exited.done()]
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
+        if late:
+            for worker in workers:
+                if not worker.exited.done():
+                    log.warning("worker %s did not stop in time; killing it", worker.id)
+                    worker.kill()
+            await asyncio.wait(late)
+
+    def spawn(self, model: ModelVersion, worker_id: int | None = None,
+              starting: int = 1) -> WorkerProcess:
+        """Starts one worker; `starting` counts it and the others started together with it."""
+        try:
+            placement = self.placement.assign(f"{model.name}:{model.version}",
+                                              model.config.device_type, model.config.device_ids,
+                                              starting)
+        except PlacementError as error:
+            raise ServeError(500, "InternalServerException", str(error)) from None
+        worker_id = worker_id if worker_id is not None else next(self._ids)
+        load = protocol.encode_load(
+            {
+                "model_name": model.name,
+                "model_version": model.version,
+                "model_dir": str(model.model_dir),
+                "handler": model.handler,
+                "manifest": model.manifest,
+                "batch_size": model.config.batch_size,
+                "gpu_id": placement.gpu_id,
+                "cpus": list(placement.cpus),
+                "threads": placement.threads,
+                "limit_max_image_pixels": self.settings.limit_max_image_pixels,
+                "decode_input_request": self.settings.decode_input_request,
+                "model_yaml_config": model.yaml_config,
+            }
+        )
+        rings = self.core.scheduler.add_worker(worker_id, model.core_id, load)
+        paths = [str(model.dependency_dir)] if model.dependency_dir else []
+        worker = WorkerProcess(worker_id, model.model_dir, rings, self.core.doorbell_name,
+                               self._exited, env=placement.environment(), extra_paths=paths)
+        worker.placement = placement
+        model.workers[worker_id] = worker
+        self._workers[worker_id] = (worker, model)
+        worker.start(self._loop)
+        return worker
+
+    async def stop_all(self) -> None:
+        """Lets every worker finish what it holds and exit."""
+        self.closing = True
+        workers = [worker for worker, _ in self._workers.values()]
+        for worker in workers:
+            if worker.alive:
+                self.core.scheduler.stop_worker(worker.id)
+                worker.stop()
+        await self.wait_exited(workers)
+
+    # -- events -----------------------------------------------------------------------
+
+    def on_worker_event(self, worker_id: int, kind: int, frame: bytes) -> None:
+        entry = self._workers.get(worker_id)
+        if kind == protocol.BROKEN:
+            log.error("worker %s sent frames that cannot be read (%s); killing it", worker_id,
+                      frame.decode(errors="replace"))
+            if entry:
+                entry[0].kill()
+            return
+        if entry is None:
+            return
+        worker, model = entry
+        if kind == protocol.LOADED:
+            worker.mark_loaded()
+            self._restart_attempts.pop(worker_id, None)
+            log.info("worker %s of %s:%s is ready (pid %s)", worker_id, model.name,
+                     model.version, worker.pid)
+        elif kind == protocol.LOAD_FAILED:
+            message = protocol.unpack(frame)[1]
+            worker.mark_load_failed(message)
+            log.error("worker %s of %s:%s failed to load: %s", worker_id, model.name,
+                      model.version, message)
+
+    def _exited(self, worker: WorkerProcess) -> None:
+        _, model = self._workers.pop(worker.id)
+        self.placement.release(worker.placement)
+        model.workers.pop(worker.id, None)
+        failed = self.core.scheduler.worker_exited(worker.id)
+        self.core.fail(failed, 500, "InternalServerException", "Worker died.")
+        expected = worker.stop_requested or self.closing
+        if not expected:
+            log.warning("worker %s of %s:%s exited with code %s", worker.id, model.name,
+                        model.version, worker.exit_code)
+        if not expected and not model.retired and worker.load_error is None:
+            model.restarts += 1
+            self._schedule_restart(model, worker.id)
+        elif not model.live_workers() and not model.retired:
+            leftovers = self.core.scheduler.drain_queue(model.core_id)
+            self.core.fail(leftovers, 503, "ServiceUnavailableException",
+                           f'Model "{model.name}" has no worker to serve inference request. '
+                           "Please use scale workers API to add workers.")
+
+    def _schedule_restart(self, model: ModelVersion, worker_id: int) -> None:
+        attempt = self._restart_attempts.get(worker_id, 0)
+        self._restart_attempts[worker_id] = attempt + 1
+        delay = RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)]
+        log.info("restarting worker %s of %s:%s in %s s", worker_id, model.name, model.version, delay)
+
+        def restart() -> None:
+            if not model.retired and not self.closing and len(model.live_workers()) < model.config.min_workers:
+                self.spawn(model, worker_id)
+
+        self._loop.call_later(delay, restart)

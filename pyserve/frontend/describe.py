@@ -1,0 +1,65 @@
+"""A model version as TorchServe's describe API shows it: same fields, same order, same formats."""
+
+from __future__ import annotations
+
+from pyserve.engine.models import ModelVersion
+from pyserve.engine.workers import WorkerProcess
+
+
+def _start_time(worker: WorkerProcess) -> str:
+    # TorchServe: yyyy-MM-dd'T'HH:mm:ss.SSS'Z' in local time, with a literal Z.
+    return worker.start_time.strftime("%Y-%m-%dT%H:%M:%S.") + f"{worker.start_time.microsecond // 1000:03d}Z"
+
+
+def describe_worker(worker: WorkerProcess) -> dict:
+    on_gpu = worker.placement is not None and worker.placement.physical_gpu is not None
+    return {
+        "id": str(worker.id),
+        "startTime": _start_time(worker),
+        "status": worker.state.value,
+        "memoryUsage": worker.memory_usage(),
+        "pid": worker.pid,
+        "gpu": on_gpu,
+        "gpuUsage": f"gpuId::{worker.placement.physical_gpu}" if on_gpu else "N/A",
+    }
+
+
+def describe_model(model: ModelVersion, queued: int) -> dict:
+    config, yaml = model.config, model.yaml_config
+    described = {
+        "modelName": model.name,
+        "modelVersion": model.version,
+        "modelUrl": model.url,
+        "runtime": model.runtime,
+        "minWorkers": config.min_workers,
+        "maxWorkers": config.max_workers,
+        "batchSize": config.batch_size,
+        "maxBatchDelay": config.max_batch_delay,
+        "responseTimeout": config.response_timeout,
+        "startupTimeout": config.startup_timeout,
+        "maxRetryTimeoutInSec": yaml.get("maxRetryTimeoutInSec", 300),
+        "clientTimeoutInMills": yaml.get("clientTimeoutInMills", 0),
+        "parallelType": yaml.get("parallelType", ""),
+        "parallelLevel": yaml.get("parallelLevel", 0),
+        "deviceType": config.device_type,
+    }
+    if config.device_ids is not None:
+        described["deviceIds"] = config.device_ids
+    described.update({
+        "continuousBatching": False,
+        "useJobTicket": bool(yaml.get("useJobTicket", False)),
+        "useVenv": False,
+        "stateful": False,
+        "sequenceMaxIdleMSec": 0,
+        "sequenceTimeoutMSec": 0,
+        "maxNumSequence": 0,
+        "maxSequenceJobQueueSize": 0,
+        "loadedAtStartup": model.loaded_at_startup,
+        "workers": [describe_worker(worker) for worker in model.workers.values()],
+        "jobQueueStatus": {
+            "remainingCapacity": max(config.job_queue_size - queued, 0),
+            "pendingRequests": queued,
+        },
+        "restarts": model.restarts,
+    })
+    return described

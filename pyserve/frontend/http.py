@@ -1,0 +1,144 @@
+"""What every listener shares: TorchServe's response headers, error bodies, JSON and body limits.
+
+Each response carries TorchServe's headers (a fresh x-request-id, no-cache headers); an
+unknown path answers 404 and a wrong method 405 with TorchServe's bodies. The headers are
+added by a small ASGI wrapper rather than Starlette middleware, which costs far more per
+request.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from pyserve.errors import ServeError, error_body
+from pyserve.frontend.tokens import RequireToken, TokenKeys
+from pyserve.metrics import ServerMetrics
+
+JSON = "application/json"
+REQUEST_ID = "pyserve.request_id"  # the scope key holding this request's x-request-id
+NOT_FOUND = "Requested resource is not found, please refer to API document."
+NOT_ALLOWED = "Requested method is not allowed, please refer to API document."
+_NO_CACHE_HEADERS = [
+    (b"pragma", b"no-cache"),
+    (b"cache-control", b"no-cache; no-store, must-revalidate, private"),
+    (b"expires", b"Thu, 01 Jan 1970 00:00:00 UTC"),
+]
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """JSON as TorchServe writes it (Gson): two-space indent and a trailing newline."""
+    return Response((json.dumps(content, indent=2) + "\n").encode(), status_code, media_type=JSON)
+
+
+def status_response(message: str, status_code: int = 200) -> Response:
+    return json_response({"status": message}, status_code)
+
+
+def error_response(code: int, type: str, message: str) -> Response:
+    return Response(error_body(code, type, message), code, media_type=JSON)
+
+
+class MethodNotAllowed(ServeError):
+    def __init__(self):
+        super().__init__(405, "MethodNotAllowedException", NOT_ALLOWED)
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds max_request_size; answered 413 with an empty body."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing one over `limit` before reading it when its length is declared."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    chunks = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _serve_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ServeError)
+    return error_response(error.code, error.type, error.message)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        response = error_response(405, "MethodNotAllowedException", NOT_ALLOWED)
+        response.headers.update(error.headers or {})  # Allow: the methods the path takes
+        return response
+    if error.status_code == 404:
+        return error_response(404, "ResourceNotFoundException", NOT_FOUND)
+    return error_response(error.status_code, "BadRequestException", str(error.detail))
+
+
+async def _too_large(request: Request, error: Exception) -> Response:
+    return Response(b"", 413)
+
+
+class TorchServeHeaders:
+    """Adds TorchServe's headers to every response, counts responses by status class, and
+    treats a trailing slash as TorchServe does."""
+
+    def __init__(self, app: Callable, metrics: ServerMetrics | None):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4())
+        scope[REQUEST_ID] = request_id
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            # TorchServe splits paths the way Java's String.split does: /models/x/ is /models/x.
+            scope["path"] = path.rstrip("/") or "/"
+        metrics = self.metrics
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *_NO_CACHE_HEADERS,
+                                      (b"x-request-id", request_id.encode())]
+                if metrics is not None:
+                    metrics.count_response(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def listener_app(routes: list[BaseRoute], document: Callable[[], dict],
+                 metrics: ServerMetrics | None, tokens: TokenKeys | None = None,
+                 kind: str = "") -> TorchServeHeaders:
+    """A listener's ASGI app: its routes, its API description at `/`, TorchServe's errors,
+    and, when `tokens` are given, the `kind` key ("inference" or "management") required."""
+
+    async def describe_api(request: Request) -> Response:
+        return json_response(document())
+
+    app = Starlette(
+        routes=[
+            Route("/", describe_api, methods=["OPTIONS"]),
+            Route("/api-description", describe_api, methods=["GET"]),
+            *routes,
+        ],
+        exception_handlers={ServeError: _serve_error, HTTPException: _http_error,
+                            BodyTooLarge: _too_large},
+    )
+    app.router.redirect_slashes = False  # trailing slashes are dropped above, never redirected
+    guarded = RequireToken(app, tokens, kind) if tokens is not None else app
+    return TorchServeHeaders(guarded, metrics)

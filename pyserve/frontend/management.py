@@ -1,0 +1,198 @@
+"""The management API, at TorchServe's paths: register, scale, list, describe, unregister,
+set the default version.
+
+Parameters are parsed as TorchServe parses them: a non-integer count falls back to the
+default, and only "true" (any case) is true. Register and unregister answer 405 unless
+the model API is enabled, as in TorchServe 0.12.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pyserve.config import Settings
+from pyserve.engine import Engine
+from pyserve.engine.loading import RUNTIMES, RegisterOptions
+from pyserve.engine.models import ModelVersion
+from pyserve.errors import BadRequest, ServeError
+from pyserve.frontend.describe import describe_model
+from pyserve.frontend.http import MethodNotAllowed, json_response, listener_app, status_response
+from pyserve.frontend.openapi import management_api
+from pyserve.frontend.tokens import AUTHENTICATION_FAILED, TokenKeys
+
+MAX_PAGE = 100
+
+
+def as_int(value, default: int | None) -> int | None:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+def as_bool(value, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() == "true"
+
+
+async def _parameters(request: Request) -> dict:
+    """Query parameters, overlaid by a JSON body's keys when the body is JSON."""
+    params = dict(request.query_params)
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        body = await request.body()
+        if body.strip():
+            try:
+                document = json.loads(body)
+            except ValueError:
+                raise BadRequest("Request body is not valid JSON") from None
+            if not isinstance(document, dict):
+                raise BadRequest("Request body must be a JSON object")
+            params.update(document)
+    return params
+
+
+def management_app(engine: Engine, settings: Settings, version: str,
+                   tokens: TokenKeys | None = None):
+    async def models(request: Request) -> Response:
+        if request.method == "POST":
+            return await register(request)
+        return list_models(request)
+
+    async def register(request: Request) -> Response:
+        if not settings.enable_model_api:
+            raise MethodNotAllowed()
+        params = await _parameters(request)
+        url = params.get("url")
+        if url is None:
+            raise BadRequest("Parameter url is required.")
+        runtime = params.get("runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise BadRequest(f"Invalid RuntimeType value: {runtime}")
+        initial_workers = as_int(params.get("initial_workers"), None)
+        options = RegisterOptions(
+            model_name=params.get("model_name") or None,
+            handler=params.get("handler") or None,
+            runtime=runtime,
+            batch_size=as_int(params.get("batch_size"), None),
+            max_batch_delay=as_int(params.get("max_batch_delay"), None),
+            initial_workers=max(initial_workers, 0) if initial_workers is not None else None,
+            response_timeout=as_int(params.get("response_timeout"), None),
+            startup_timeout=as_int(params.get("startup_timeout"), None),
+        )
+        synchronous = as_bool(params.get("synchronous"), True)
+        model = await engine.register(str(url), options, synchronous=synchronous)
+        if not synchronous:
+            return status_response("Processing worker updates...", 202)
+        workers = model.config.min_workers
+        message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
+        if workers == 0:
+            message += ". Use scale workers API to add workers for the model."
+        return status_response(message)
+
+    def list_models(request: Request) -> Response:
+        limit = as_int(request.query_params.get("limit"), MAX_PAGE)
+        limit = MAX_PAGE if limit > MAX_PAGE or limit < 0 else limit
+        offset = max(as_int(request.query_params.get("next_page_token"), 0), 0)
+        names = sorted(engine.models)
+        page = names[offset:offset + limit]
+        listing: dict = {}
+        if offset + limit < len(names):
+            listing["nextPageToken"] = str(offset + limit)
+        listing["models"] = [{"modelName": name, "modelUrl": engine.model(name).url} for name in page]
+        return json_response(listing)
+
+    async def model_resource(request: Request) -> Response:
+        name = request.path_params["model_name"]
+        version = request.path_params.get("model_version")
+        if request.method == "GET":
+            return await describe(request, name, version)
+        if request.method == "PUT":
+            return await scale(request, name, version or request.query_params.get("model_version"))
+        return await unregister(name, version)
+
+    async def describe(request: Request, name: str, version: str | None) -> Response:
+        if version == "all":
+            engine.model(name)  # 404 when unknown
+            versions = [engine.models[name][v] for v in sorted(engine.models[name])]
+        else:
+            versions = [engine.model(name, version)]
+        described = [describe_model(model, engine.core.scheduler.queued(model.core_id))
+                     for model in versions]
+        if as_bool(request.query_params.get("customized"), False):
+            for model, entry in zip(versions, described):
+                entry["customizedMetadata"] = await custom_metadata(model)
+        return json_response(described)
+
+    async def custom_metadata(model: ModelVersion):
+        """What the handler's describe_handle says, asked for as TorchServe asks."""
+        if not model.live_workers():
+            raise ServeError(503, "ServiceUnavailableException",
+                             f'Model "{model.name}" has no worker to serve describe request. '
+                             "Please use scale workers API to add workers.")
+        result = await engine.infer(model, "describe", "", [(b"describe", b"True")], b"")
+        try:
+            return json.loads(result.body)
+        except ValueError:
+            return result.body.decode("utf-8", errors="replace")
+
+    async def scale(request: Request, name: str, version: str | None) -> Response:
+        model = engine.model(name, version)
+        min_worker = as_int(request.query_params.get("min_worker"), 1)
+        max_worker = as_int(request.query_params.get("max_worker"), min_worker)
+        if min_worker < 0:
+            raise BadRequest("min_worker cannot be negative.")
+        if max_worker < min_worker:
+            raise BadRequest("max_worker cannot be less than min_worker.")
+        synchronous = as_bool(request.query_params.get("synchronous"), False)
+        loaded = await engine.scale(model, min_worker, max_worker, synchronous)
+        if not synchronous:
+            return status_response("Processing worker updates...", 202)
+        if not loaded:
+            raise ServeError(500, "InternalServerException",
+                             f"Failed to start workers for model {name} version: {version or 'null'}")
+        if len(model.ready_workers()) < min_worker:
+            return status_response("Workers scaling in progress...", 206)
+        suffix = f", version: {version}" if version else ""
+        return status_response(f"Workers scaled to {min_worker} for model: {name}{suffix}")
+
+    async def unregister(name: str, version: str | None) -> Response:
+        if not settings.enable_model_api:
+            raise MethodNotAllowed()
+        model = engine.model(name, version)
+        if engine.is_default(model) and len(engine.models[name]) > 1:
+            raise ServeError(403, "InvalidModelVersionException",
+                             f"Cannot remove default version for model {name}")
+        await engine.unregister(model)
+        return status_response(f'Model "{name}" unregistered')
+
+    async def set_default(request: Request) -> Response:
+        name, version = request.path_params["model_name"], request.path_params["model_version"]
+        engine.set_default(name, version)
+        return status_response(f'Default version successfully updated for model "{name}" to "{version}"')
+
+    async def regenerate_token(request: Request) -> Response:
+        kind = request.query_params.get("type")
+        if tokens is None or kind not in ("management", "inference"):
+            raise ServeError(400, "InvalidKeyException", AUTHENTICATION_FAILED)
+        tokens.regenerate(kind)
+        return json_response({})
+
+    routes = [
+        Route("/token", regenerate_token, methods=["GET"]),
+        Route("/models", models, methods=["GET", "POST"]),
+        Route("/models/{model_name}", model_resource, methods=["GET", "PUT", "DELETE"]),
+        Route("/models/{model_name}/{model_version}", model_resource, methods=["GET", "PUT", "DELETE"]),
+        Route("/models/{model_name}/{model_version}/set-default", set_default, methods=["PUT"]),
+    ]
+    return listener_app(routes, lambda: management_api(version), engine.metrics, tokens, "management")

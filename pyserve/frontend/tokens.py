@@ -1,0 +1,105 @@
+"""Token authorization, as TorchServe 0.12 does it (on unless disabled).
+
+At start the server writes key_file.json (mode 0600) in its working directory with three
+keys: one for the inference listener (every route, /ping included), one for the
+management listener, and an API key that regenerates the other two through
+`GET /token?type=...`. Clients send `Authorization: Bearer <key>`. A missing, wrong or
+expired key is answered 400 InvalidKeyException, as TorchServe does (not 401). The API
+description is answered without a key; the metrics listener needs none.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+from pyserve.errors import error_body
+
+KEY_FILE = "key_file.json"
+AUTHORIZATION_FAILED = ("Token Authorization failed. Token either incorrect, expired, or not "
+                        "provided correctly")
+AUTHENTICATION_FAILED = ("Token Authentication failed. Token either incorrect, expired, or not "
+                         "provided correctly")
+_BEARER = re.compile(r"^Bearer\s+(\S+)$")
+_OPEN_PATHS = ("/", "/api-description")
+
+
+def _new_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(6)).decode()
+
+
+class TokenKeys:
+    """The three keys, their expiry, and the file clients read them from."""
+
+    def __init__(self, directory: Path, expiration_minutes: float):
+        self.path = Path(directory) / KEY_FILE
+        self.lifetime = expiration_minutes * 60
+        self.keys = {"inference": _new_key(), "management": _new_key(), "API": _new_key()}
+        self.expires = {"inference": time.time() + self.lifetime,
+                        "management": time.time() + self.lifetime}
+        self.write()
+
+    def write(self) -> None:
+        def expiry(kind: str) -> str:
+            moment = datetime.datetime.fromtimestamp(self.expires[kind], datetime.timezone.utc)
+            return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        content = {
+            "management": {"key": self.keys["management"], "expiration time": expiry("management")},
+            "inference": {"key": self.keys["inference"], "expiration time": expiry("inference")},
+            "API": {"key": self.keys["API"]},
+        }
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(content, file, indent=2)
+
+    def valid(self, kind: str, authorization: str | None) -> bool:
+        match = _BEARER.match(authorization or "")
+        if match is None:
+            return False
+        if kind in self.expires and time.time() > self.expires[kind]:
+            return False
+        return hmac.compare_digest(match.group(1), self.keys[kind])
+
+    def regenerate(self, kind: str) -> None:
+        self.keys[kind] = _new_key()
+        self.expires[kind] = time.time() + self.lifetime
+        self.write()
+
+    def remove_file(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class RequireToken:
+    """ASGI wrapper that lets through only requests carrying the listener's key."""
+
+    def __init__(self, app, keys: TokenKeys, kind: str):
+        self.app = app
+        self.keys = keys
+        self.kind = kind
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        kind = "API" if scope["path"] == "/token" else self.kind
+        if self.keys.valid(kind, authorization):
+            await self.app(scope, receive, send)
+            return
+        message = AUTHENTICATION_FAILED if kind == "API" else AUTHORIZATION_FAILED
+        body = error_body(400, "InvalidKeyException", message)
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,223 @@
+"""Server metrics in Prometheus text format: TorchServe's names, then pyserve's own.
+
+The request path only does integer arithmetic on plain objects; prometheus-client turns
+them into text when /metrics is scraped. TorchServe's latency counters keep their exact
+names (`ts_inference_latency_microseconds`), which prometheus-client would suffix with
+`_total` as counters, so they are exposed untyped; `ts_inference_requests_total` is a
+counter as in TorchServe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    UnknownMetricFamily,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+QUEUE_DEPTH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+HANDLER_HISTOGRAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100,
+                             250, 500, 1000, 2500, 5000, 10000)
+
+
+class Buckets:
+    """A histogram's counts, cheap to update on every request."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        total, rows = 0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += count
+            rows.append((bound, total))
+        return rows
+
+
+@dataclass
+class RequestStats:
+    """TorchServe's per-model request counters, labelled as TorchServe labels them."""
+
+    requests: int = 0
+    latency_us: float = 0.0
+    queue_latency_us: float = 0.0
+
+
+@dataclass
+class BatchStats:
+    batch_sizes: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
+    queue_depths: Buckets = field(default_factory=lambda: Buckets(QUEUE_DEPTH_BUCKETS))
+
+
+@dataclass
+class WorkerSummary:
+    model_name: str
+    model_version: str
+    live: int
+    ready: int
+    restarts: int
+
+
+@dataclass
+class _HandlerFamily:
+    unit: str
+    kind: str  # "counter", "gauge" or "histogram"
+    label_names: tuple[str, ...]
+    values: dict = field(default_factory=dict)
+
+
+class ServerMetrics:
+    def __init__(self, worker_summary: Callable[[], Iterable[WorkerSummary]] | None = None):
+        self.hostname = socket.gethostname()
+        self.responses = {"2XX": 0, "4XX": 0, "5XX": 0}
+        self.requests: dict[tuple[str, str], RequestStats] = {}
+        self.batches: dict[tuple[str, str], BatchStats] = {}
+        self.handler: dict[str, _HandlerFamily] = {}
+        self.worker_summary = worker_summary
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # -- recording ------------------------------------------------------------------
+
+    def count_response(self, status: int) -> None:
+        status_class = f"{status // 100}XX"
+        if status_class in self.responses:
+            self.responses[status_class] += 1
+
+    def request_stats(self, model_name: str, version_label: str) -> RequestStats:
+        """`version_label` is the version in the URL, or "default" (TorchServe's labels)."""
+        key = (model_name, version_label)
+        stats = self.requests.get(key)
+        if stats is None:
+            stats = self.requests[key] = RequestStats()
+        return stats
+
+    def batch_stats(self, model_name: str, model_version: str) -> BatchStats:
+        key = (model_name, model_version)
+        stats = self.batches.get(key)
+        if stats is None:
+            stats = self.batches[key] = BatchStats()
+        return stats
+
+    def record_handler_metrics(self, model, updates: list) -> None:
+        """What a handler recorded through context.metrics; see pyserve.worker.metrics."""
+        for name, unit, kind, dimension_names, dimension_values, value in updates:
+            family = self.handler.get(name)
+            label_names = (*dimension_names, "Hostname")
+            if family is None:
+                family = self.handler[name] = _HandlerFamily(unit, kind, label_names)
+            elif family.label_names != label_names or family.kind != kind:
+                continue  # Prometheus needs one label set and type per name: first one wins
+            labels = (*dimension_values, self.hostname)
+            if kind == "counter":
+                family.values[labels] = family.values.get(labels, 0.0) + value
+            elif kind == "histogram":
+                family.values.setdefault(labels, Buckets(HANDLER_HISTOGRAM_BUCKETS)).observe(value)
+            else:
+                family.values[labels] = value
+
+    # -- exposition -----------------------------------------------------------------
+
+    def collect(self):
+        yield from self._torchserve_families()
+        yield from self._handler_families()
+        yield from self._pyserve_families()
+
+    def _torchserve_families(self):
+        for status_class, count in self.responses.items():
+            family = UnknownMetricFamily(
+                f"Requests{status_class}", "Torchserve prometheus counter metric with unit: Count",
+                labels=["Level", "Hostname"])
+            family.add_metric(["Host", self.hostname], count)
+            yield family
+        labels = ["model_name", "model_version", "hostname"]
+        requests = CounterMetricFamily("ts_inference_requests",
+                                       "Total number of inference requests.", labels=labels)
+        latency = UnknownMetricFamily("ts_inference_latency_microseconds",
+                                      "Cumulative inference duration in microseconds", labels=labels)
+        queue = UnknownMetricFamily("ts_queue_latency_microseconds",
+                                    "Cumulative queue duration in microseconds", labels=labels)
+        for (model_name, version), stats in self.requests.items():
+            values = [model_name, version, self.hostname]
+            requests.add_metric(values, stats.requests)
+            latency.add_metric(values, stats.latency_us)
+            queue.add_metric(values, stats.queue_latency_us)
+        yield from (requests, latency, queue)
+
+    def _handler_families(self):
+        for name, family in self.handler.items():
+            help_text = f"Torchserve prometheus {family.kind} metric with unit: {family.unit}"
+            labels = list(family.label_names)
+            if family.kind == "histogram":
+                metric = HistogramMetricFamily(name, help_text, labels=labels)
+                for values, buckets in family.values.items():
+                    metric.add_metric(list(values), buckets.cumulative(), buckets.sum)
+            elif family.kind == "gauge":
+                metric = GaugeMetricFamily(name, help_text, labels=labels)
+                for values, value in family.values.items():
+                    metric.add_metric(list(values), value)
+            else:
+                metric = UnknownMetricFamily(name, help_text, labels=labels)
+                for values, value in family.values.items():
+                    metric.add_metric(list(values), value)
+            yield metric
+
+    def _pyserve_families(self):
+        labels = ["model_name", "model_version"]
+        sizes = HistogramMetricFamily("pyserve_batch_size", "Requests per batch sent to a worker.",
+                                      labels=labels)
+        depths = HistogramMetricFamily("pyserve_queue_depth",
+                                       "Requests already queued for the model when one arrived.",
+                                       labels=labels)
+        for (model_name, version), stats in self.batches.items():
+            sizes.add_metric([model_name, version], stats.batch_sizes.cumulative(),
+                             stats.batch_sizes.sum)
+            depths.add_metric([model_name, version], stats.queue_depths.cumulative(),
+                              stats.queue_depths.sum)
+        yield from (sizes, depths)
+        if self.worker_summary is None:
+            return
+        workers = GaugeMetricFamily("pyserve_workers", "Worker processes of the model by state.",
+                                    labels=[*labels, "state"])
+        restarts = CounterMetricFamily("pyserve_worker_restarts",
+                                       "Workers restarted after dying unexpectedly.", labels=labels)
+        for summary in self.worker_summary():
+            values = [summary.model_name, summary.model_version]
+            workers.add_metric([*values, "ready"], summary.ready)
+            workers.add_metric([*values, "starting"], summary.live - summary.ready)
+            restarts.add_metric(values, summary.restarts)
+        yield from (workers, restarts)
+
+    def render(self, names: list[str] | None = None) -> bytes:
+        """The text exposition; `names` (TorchServe's name[] filter) keeps only those families."""
+        if not names:
+            return generate_latest(self.registry)
+        wanted = set(names)
+        selected = CollectorRegistry(auto_describe=False)
+        families = [f for f in self.collect()
+                    if f.name in wanted or any(s.name in wanted for s in f.samples)]
+        selected.register(_Fixed(families))
+        return generate_latest(selected)
+
+
+class _Fixed:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
