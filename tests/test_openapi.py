@@ -141,7 +141,9 @@ def _served_operations(app) -> set[tuple[str, str]]:
     from starlette.routing import Route
 
     operations = set()
-    for route in app.app.routes:
+    while not hasattr(app, "routes"):  # unwrap the ASGI layers around the Starlette app
+        app = getattr(app, "fallback", None) or app.app
+    for route in app.routes:
         if isinstance(route, Route):
             path = route.path.replace(":path}", "}")
             operations |= {(path, method.lower()) for method in route.methods if method != "HEAD"}

@@ -9,7 +9,7 @@ request.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from typing import Any, Callable
 
 from starlette.applications import Starlette
@@ -26,11 +26,11 @@ JSON = "application/json"
 REQUEST_ID = "pyserve.request_id"  # the scope key holding this request's x-request-id
 NOT_FOUND = "Requested resource is not found, please refer to API document."
 NOT_ALLOWED = "Requested method is not allowed, please refer to API document."
-_NO_CACHE_HEADERS = [
+NO_CACHE_HEADERS = (
     (b"pragma", b"no-cache"),
     (b"cache-control", b"no-cache; no-store, must-revalidate, private"),
     (b"expires", b"Thu, 01 Jan 1970 00:00:00 UTC"),
-]
+)
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -90,6 +90,23 @@ async def _too_large(request: Request, error: Exception) -> Response:
     return Response(b"", 413)
 
 
+class RequestIds:
+    """UUID-shaped ids, unique per server: a random prefix and a counter.
+
+    TorchServe sends a random UUID per request; uuid4() costs as much as routing a request,
+    so the randomness is drawn once per process and the counter makes each id unique.
+    """
+
+    def __init__(self):
+        seed = os.urandom(10).hex()
+        self._prefix = f"{seed[:8]}-{seed[8:12]}-4{seed[12:15]}-{'89ab'[int(seed[15], 16) % 4]}{seed[16:19]}-"
+        self._count = 0
+
+    def next(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count:012x}"
+
+
 class TorchServeHeaders:
     """Adds TorchServe's headers to every response, counts responses by status class, and
     treats a trailing slash as TorchServe does."""
@@ -97,12 +114,13 @@ class TorchServeHeaders:
     def __init__(self, app: Callable, metrics: ServerMetrics | None):
         self.app = app
         self.metrics = metrics
+        self.ids = RequestIds()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = str(uuid.uuid4())
+        request_id = self.ids.next()
         scope[REQUEST_ID] = request_id
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
@@ -112,7 +130,7 @@ class TorchServeHeaders:
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *_NO_CACHE_HEADERS,
+                message["headers"] = [*message.get("headers", ()), *NO_CACHE_HEADERS,
                                       (b"x-request-id", request_id.encode())]
                 if metrics is not None:
                     metrics.count_response(message["status"])

@@ -2,12 +2,12 @@
 
 `/predictions/{model}[/{version}[/extra/segments]]` runs the model; extra segments reach
 the handler as the request header `url_path`, and `/explanations/...` sets `explain` to
-"True", as TorchServe does. KServe-style v1/v2 paths map to the same thing.
+"True", as TorchServe does. KServe-style v1/v2 paths map to the same thing. Predictions
+are served by pyserve.frontend.predictions before Starlette sees them; the Starlette
+routes below answer the same way for every other method and path.
 """
 
 from __future__ import annotations
-
-import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,31 +15,16 @@ from starlette.routing import Route
 
 from pyserve.config import Settings
 from pyserve.engine import Engine
-from pyserve.frontend.http import REQUEST_ID, error_response, listener_app, read_body, status_response
+from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.openapi import inference_api
+from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
 from pyserve.frontend.tokens import TokenKeys
-from pyserve.protocol import Result
 
 PREDICTION_METHODS = ["GET", "POST", "PUT"]
 
 
-def result_response(result: Result) -> Response:
-    """The handler's answer as it set it: status, content type (none if unset), headers, body."""
-    if not 100 <= result.status <= 599:
-        return error_response(
-            500, "InternalServerException", f"Handler set an invalid HTTP status: {result.status}"
-        )
-    response = Response(result.body, status_code=result.status)
-    headers = response.headers
-    if result.content_type is not None:
-        headers["content-type"] = result.content_type
-    for name, value in result.headers:
-        headers[name] = value
-    return response
-
-
 def inference_app(engine: Engine, settings: Settings, version: str, tokens: TokenKeys | None = None):
-    metrics = engine.metrics
+    predictor = Predictor(engine)
     limit = settings.max_request_size
 
     async def ping(request: Request) -> Response:
@@ -50,25 +35,17 @@ def inference_app(engine: Engine, settings: Settings, version: str, tokens: Toke
         return status_response("Healthy")
 
     async def run(request: Request, explain: bool) -> Response:
-        arrival = time.monotonic_ns()
         params = request.path_params
-        name, version_in_path = params["model_name"], params.get("model_version")
-        model = engine.model(name, version_in_path)
-        stats = metrics.request_stats(name, version_in_path or "default")
-        stats.requests += 1  # TorchServe counts a request once accepted, even if it then fails
         body = await read_body(request, limit)
-        headers = [
-            *request.scope["headers"],
-            (b"url_path", params.get("url_path", "").encode()),
-            (b"explain", b"True" if explain else b"False"),
-        ]
-        result = await engine.infer(
-            model, request.scope[REQUEST_ID], request.headers.get("content-type", ""), headers, body
+        result = await predictor.predict(
+            params["model_name"], params.get("model_version"), params.get("url_path", ""), explain,
+            request.scope[REQUEST_ID], request.scope["headers"],
+            request.headers.get("content-type", ""), body,
         )
-        stats.latency_us += (time.monotonic_ns() - arrival) / 1000
-        if result.started_ns:
-            stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
-        return result_response(result)
+        status, headers = result_headers(result)
+        response = Response(result.body, status_code=status)
+        response.raw_headers = headers
+        return response
 
     async def predict(request: Request) -> Response:
         return await run(request, explain=False)
@@ -89,4 +66,5 @@ def inference_app(engine: Engine, settings: Settings, version: str, tokens: Toke
         Route("/v2/models/{model_name}/infer", predict, methods=["POST"]),
         Route("/v2/models/{model_name}/explain", explain, methods=["POST"]),
     ]
-    return listener_app(routes, lambda: inference_api(version), metrics, tokens, "inference")
+    starlette = listener_app(routes, lambda: inference_api(version), engine.metrics, tokens, "inference")
+    return FastPredictions(predictor, starlette, limit, tokens)

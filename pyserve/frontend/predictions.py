@@ -1,0 +1,132 @@
+"""Predictions, the hot path: a bare ASGI app in front of the inference listener's Starlette app.
+
+`/predictions/...` is most of a model server's traffic, so it skips Starlette's router,
+middleware stack and Request/Response objects, which cost more than the rest of the
+request together: one path split, one pass over the headers, one ASGI response. Every
+other route still goes through Starlette. Both share `Predictor`, so what a prediction
+does (metrics, headers added for the handler, the answer) is written once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyserve.engine import Engine
+from pyserve.errors import ServeError
+from pyserve.frontend.http import NO_CACHE_HEADERS, RequestIds
+from pyserve.frontend.tokens import AUTHORIZATION_FAILED, TokenKeys
+from pyserve.protocol import Result
+
+JSON = b"application/json"
+METHODS = ("POST", "PUT", "GET")
+PREFIX = "/predictions/"
+
+
+class Predictor:
+    """What one prediction does, whichever route it came in by."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.metrics = engine.metrics
+
+    async def predict(self, name: str, version: str | None, url_path: str, explain: bool,
+                      request_id: str, headers: list, content_type: str, body: bytes) -> Result:
+        arrival = time.monotonic_ns()
+        model = self.engine.model(name, version)
+        stats = self.metrics.request_stats(name, version or "default")
+        stats.requests += 1  # TorchServe counts a request once accepted, even if it then fails
+        headers = [*headers, (b"url_path", url_path.encode()),
+                   (b"explain", b"True" if explain else b"False")]
+        result = await self.engine.infer(model, request_id, content_type, headers, body)
+        stats.latency_us += (time.monotonic_ns() - arrival) / 1000
+        if result.started_ns:
+            stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
+        return result
+
+
+def result_headers(result: Result) -> tuple[int, list]:
+    """The handler's answer as (status, headers): its content type only if it set one."""
+    if not 100 <= result.status <= 599:
+        raise ServeError(500, "InternalServerException",
+                         f"Handler set an invalid HTTP status: {result.status}")
+    headers = [(b"content-length", str(len(result.body)).encode())]
+    if result.content_type is not None:
+        headers.append((b"content-type", result.content_type.encode("latin-1")))
+    for name, value in result.headers:
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    return result.status, headers
+
+
+class FastPredictions:
+    """ASGI app serving `/predictions/...` itself and passing everything else to `fallback`."""
+
+    def __init__(self, predictor: Predictor, fallback, max_request_size: int,
+                 tokens: TokenKeys | None):
+        self.predictor = predictor
+        self.fallback = fallback
+        self.limit = max_request_size
+        self.tokens = tokens
+        self.metrics = predictor.metrics
+        self.ids = RequestIds()
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PREFIX) or scope["method"] not in METHODS:
+            await self.fallback(scope, receive, send)
+            return
+        segments = path[len(PREFIX):].rstrip("/").split("/", 2)
+        if not segments[0]:
+            await self.fallback(scope, receive, send)
+            return
+        request_id = self.ids.next()
+        try:
+            status, headers, body = await self._predict(scope, receive, segments, request_id)
+        except ServeError as error:
+            status, headers, body = error.code, [(b"content-type", JSON)], error.body()
+            headers.append((b"content-length", str(len(body)).encode()))
+        headers.extend(NO_CACHE_HEADERS)
+        headers.append((b"x-request-id", request_id.encode()))
+        self.metrics.count_response(status)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _predict(self, scope, receive, segments: list[str], request_id: str):
+        content_type = authorization = declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        if self.tokens is not None and not self.tokens.valid("inference", authorization):
+            raise ServeError(400, "InvalidKeyException", AUTHORIZATION_FAILED)
+        body = await self._body(receive, declared)
+        if body is None:
+            return 413, [(b"content-length", b"0")], b""
+        name = segments[0]
+        version = segments[1] if len(segments) > 1 else None
+        url_path = segments[2] if len(segments) > 2 else ""
+        result = await self.predictor.predict(name, version, url_path, False, request_id,
+                                              scope["headers"], content_type or "", body)
+        status, headers = result_headers(result)
+        return status, headers, result.body
+
+    async def _body(self, receive, declared: bytes | None) -> bytes | None:
+        """The request body, or None when it is over max_request_size (413, unread if declared)."""
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return None
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            return body if len(body) <= self.limit else None
+        chunks, total = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
