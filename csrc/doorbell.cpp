@@ -31,7 +31,8 @@ void Doorbell::ring() {
     if (control_->sleeping.load()) futex_wake(control_->seq, INT_MAX);
 }
 
-bool Doorbell::wait(uint32_t seen, const Deadline& deadline) {
+bool Doorbell::wait(uint32_t seen, const Deadline& deadline, std::chrono::nanoseconds spin) {
+    if (spin_until([&] { return control_->seq.load() != seen; }, spin)) return true;
     control_->sleeping.store(1);
     bool in_time = true;
     if (control_->seq.load() == seen) in_time = futex_wait(control_->seq, seen, deadline);

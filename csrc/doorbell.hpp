@@ -28,8 +28,10 @@ class Doorbell {
     uint32_t seq() const { return control_->seq.load(); }
     // Costs one atomic add, plus a syscall only when the waiter sleeps.
     void ring();
-    // Sleeps until the bell rang after `seen` was read. Returns false on timeout.
-    bool wait(uint32_t seen, const Deadline& deadline);
+    // Sleeps until the bell rang after `seen` was read, first spinning for up to `spin`.
+    // Returns false on timeout.
+    bool wait(uint32_t seen, const Deadline& deadline,
+              std::chrono::nanoseconds spin = std::chrono::nanoseconds(0));
     void unlink() { memory_.unlink(); }
 
    private:

@@ -24,4 +24,29 @@ void futex_wake(std::atomic<uint32_t>& word, int count);
 // A deadline `seconds` from now; a negative value means "wait forever".
 Deadline deadline_after(double seconds);
 
+// How long a thread that just worked keeps looking for more before it sleeps. A futex
+// sleep and wake costs tens of microseconds on virtual machines; the next request of a
+// busy server usually arrives well within this window.
+constexpr std::chrono::nanoseconds kDefaultSpin = std::chrono::microseconds(50);
+
+// Tells the CPU this is a spin loop (less power, no memory-order mis-speculation).
+void cpu_relax();
+
+// Yields the core, so a runnable thread on it is never held up by our spinning.
+void yield_core();
+
+// Checks `ready` until it holds or `spin` has passed. Returns whether it held. Every round
+// yields the core: spinning only uses time no other thread wants.
+template <typename Ready>
+bool spin_until(Ready&& ready, std::chrono::nanoseconds spin) {
+    if (spin.count() <= 0) return false;
+    const auto until = Clock::now() + spin;
+    do {
+        if (ready()) return true;
+        for (int i = 0; i < 16; ++i) cpu_relax();
+        yield_core();
+    } while (Clock::now() < until);
+    return ready();
+}
+
 }  // namespace pyserve

@@ -325,7 +325,7 @@ void Scheduler::run() {
         }
         signal_loop();
         lock.unlock();
-        doorbell_.wait(seen, next);
+        doorbell_.wait(seen, next, kDefaultSpin);
         lock.lock();
     }
 }

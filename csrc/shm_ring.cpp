@@ -126,6 +126,9 @@ std::optional<FrameView> ShmRing::try_peek() {
 }
 
 std::optional<FrameView> ShmRing::peek(const Deadline& deadline) {
+    spin_until([this] { return control_->write_pos.load(std::memory_order_acquire) !=
+                               control_->read_pos.load(std::memory_order_relaxed); },
+               spin_);
     for (;;) {
         if (auto frame = try_peek()) return frame;
         if (closed()) return std::nullopt;

@@ -69,6 +69,8 @@ class ShmRing {
     // headers make no sense throws RingError rather than reading out of bounds.
     std::optional<FrameView> try_peek();
     std::optional<FrameView> peek(const Deadline& deadline);
+    // How long peek() keeps looking before it sleeps (see spin_until); 0 sleeps at once.
+    void set_spin(std::chrono::nanoseconds spin) { spin_ = spin; }
     void release();
 
     // Wakes both sides for good; waits return at once afterwards.
@@ -87,6 +89,7 @@ class ShmRing {
     uint64_t capacity_;
     size_t reserved_ = 0;  // payload size of the frame reserved and not yet committed
     size_t peeked_ = 0;    // stride of the frame the reader holds
+    std::chrono::nanoseconds spin_{0};
 };
 
 }  // namespace pyserve

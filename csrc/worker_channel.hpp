@@ -16,7 +16,9 @@ class WorkerChannel {
                   const std::string& doorbell)
         : requests_(ShmRing::open(requests)),
           responses_(ShmRing::open(responses)),
-          doorbell_(Doorbell::open(doorbell)) {}
+          doorbell_(Doorbell::open(doorbell)) {
+        requests_.set_spin(kDefaultSpin);  // the next batch of a busy model comes quickly
+    }
 
     // The next frame from the server, valid until done_with_frame().
     std::optional<FrameView> next_frame(const Deadline& deadline) { return requests_.peek(deadline); }
