@@ -2,7 +2,8 @@
 //
 // Every call that can block or copy a large buffer releases the GIL. C++ errors reach
 // Python as ShmError (an OSError), RingError, FrameError (a ValueError) or the builtin
-// exceptions pybind11 maps std::invalid_argument and std::out_of_range to.
+// exceptions pybind11 maps std::invalid_argument (ValueError), std::out_of_range (IndexError)
+// and every other std::exception, std::logic_error included (RuntimeError), to.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/prctl.h>
@@ -12,6 +13,7 @@
 #include <optional>
 
 #include "doorbell.hpp"
+#include "load_generator.hpp"
 #include "msgpack_lite.hpp"
 #include "protocol.hpp"
 #include "scheduler.hpp"
@@ -54,10 +56,71 @@ void set_parent_death_signal(int signal) {
     }
 }
 
+// ---- LoadGenerator: the native engine of `pyserve bench` -------------------------------
+
+py::dict load_result_to_dict(const LoadResult& result) {
+    py::dict statuses;
+    for (const auto& [code, count] : result.statuses) statuses[py::int_(code)] = count;
+    py::dict errors;
+    for (const auto& [kind, count] : result.errors) errors[py::str(kind)] = count;
+    py::dict out;
+    // Native-endian doubles: array("d", data) reads them back without numpy.
+    out["latencies_us"] = py::bytes(reinterpret_cast<const char*>(result.latencies_us.data()),
+                                    result.latencies_us.size() * sizeof(double));
+    out["statuses"] = statuses;
+    out["errors"] = errors;
+    out["seconds"] = result.seconds;
+    out["cpu_seconds"] = result.cpu_seconds;
+    out["completed"] = result.completed;
+    return out;
+}
+
+void bind_load_generator(py::module_& m) {
+    py::class_<LoadGenerator>(
+        m, "LoadGenerator",
+        "A closed-loop HTTP/1.1 load generator: each connection sends `request`, reads the whole\n"
+        "response and sends it again, until `duration` seconds or `total` attempts, whichever ends\n"
+        "first. Connections are spread over `threads`, each with its own epoll loop.")
+        .def(py::init([](std::string host, int port, const py::bytes& request, int64_t connections,
+                         std::optional<double> duration, std::optional<int64_t> total, int64_t threads,
+                         double timeout) {
+                 LoadConfig config;
+                 config.host = std::move(host);
+                 config.port = port;
+                 config.request.assign(PyBytes_AS_STRING(request.ptr()), PyBytes_GET_SIZE(request.ptr()));
+                 config.connections = connections;
+                 config.duration = duration;
+                 config.total = total;
+                 config.threads = threads;
+                 config.timeout = timeout;
+                 return std::make_unique<LoadGenerator>(std::move(config));
+             }),
+             py::arg("host"), py::arg("port"), py::arg("request"), py::arg("connections"),
+             py::arg("duration") = py::none(), py::arg("total") = py::none(), py::arg("threads") = 1,
+             py::arg("timeout") = 30.0,
+             "ValueError if no duration or total is given, connections < 1 or the host is not a\n"
+             "numeric address or \"localhost\".")
+        .def("start", &LoadGenerator::start, "Spawn the threads and return at once; a generator runs once.")
+        .def("stop", &LoadGenerator::stop, "End the run early; requests in flight are not counted. Idempotent.")
+        .def(
+            "wait",
+            [](LoadGenerator& generator, std::optional<double> timeout) {
+                py::gil_scoped_release unlocked;
+                return generator.wait(to_deadline(timeout));
+            },
+            py::arg("timeout") = py::none(), "Block until the run ends; False if `timeout` came first.")
+        .def_property_readonly("completed", &LoadGenerator::completed,
+                               "Requests answered so far; readable while running.")
+        .def(
+            "result", [](LoadGenerator& generator) { return load_result_to_dict(generator.result()); },
+            "{latencies_us: bytes of doubles, statuses, errors, seconds, cpu_seconds, completed};\n"
+            "RuntimeError while the run is still going.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "pyserve's C++ core: shared-memory rings, the batcher and the scheduler.";
+    m.doc() = "pyserve's C++ core: shared-memory rings, the batcher, the scheduler and a load generator.";
 
     py::register_exception<ShmError>(m, "ShmError", PyExc_OSError);
     py::register_exception<RingError>(m, "RingError", PyExc_RuntimeError);
@@ -228,4 +291,6 @@ PYBIND11_MODULE(_core, m) {
             },
             "Every (worker_id, kind, frame) collected since the last call.")
         .def("close", &Scheduler::close, py::call_guard<py::gil_scoped_release>());
+
+    bind_load_generator(m);
 }
