@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _start_parser(commands)
     _archive_parser(commands)
+    from pyserve.bench.command import add_bench_parser
+
+    add_bench_parser(commands)
     stop = commands.add_parser("stop", help="stop the server started with `pyserve start`",
                                description="Stop the running server and wait until it and "
                                            "its workers are gone.")
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return _start(args, [a for a in argv[1:] if a != "--foreground"])
     if args.command == "archive":
         return _archive(args)
+    if args.command == "bench":
+        return args.handler(args)
     if args.command == "stop":
         message = control.stop()
         print(message)

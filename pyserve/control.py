@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,18 @@ def report_ready(message: str) -> None:
         return
     with os.fdopen(int(fd), "w") as pipe:
         pipe.write(message)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all probes stay bound until every port is chosen."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def spawn_server(

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve.control import spawn_server
+from pyserve.control import free_ports, spawn_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 READY_TIMEOUT = 120
@@ -21,18 +20,6 @@ READY_TIMEOUT = 120
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all probes stay bound until every port is chosen."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def shm_segments() -> set[str]:

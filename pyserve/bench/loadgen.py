@@ -1,8 +1,8 @@
-"""A closed-loop HTTP/1.1 load generator on uvloop protocols.
+"""The load engines `pyserve bench` can drive: the native one in _core, and a Python one.
 
-Each connection sends one request, waits for the whole response, and sends the next, on
-one keep-alive socket. Responses are framed by Content-Length only (what model servers
-send); the point is to spend as little client CPU per request as a Python client can.
+Both are closed loops on keep-alive connections: each connection sends a request, waits for
+the whole answer and sends the next. The native engine (epoll, in C++) is the default: a
+Python client spends about as much CPU per request as the server it measures.
 """
 
 from __future__ import annotations
@@ -10,43 +10,51 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import urlsplit
 
+from pyserve.bench.report import RunResult
 
-@dataclass
-class LoadResult:
-    requests: int
-    seconds: float
-    latencies_ms: array = field(repr=False)
-    statuses: dict[int, int] = field(default_factory=dict)
-    errors: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+Progress = Callable[[int], None]
+PROGRESS_INTERVAL = 0.1
 
 
-def build_request(url: str, body: bytes, content_type: str = "application/octet-stream") -> bytes:
+def build_request(url: str, body: bytes, content_type: str = "application/octet-stream",
+                  headers: dict[str, str] | None = None) -> bytes:
+    """The complete HTTP/1.1 request both engines send, byte for byte."""
     parts = urlsplit(url)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}",
+             f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def run_native(url: str, request: bytes, connections: int, duration: float | None,
+               total: int | None, threads: int, timeout: float,
+               progress: Progress | None = None) -> RunResult:
+    from pyserve import _core
+
+    parts = urlsplit(url)
+    generator = _core.LoadGenerator(parts.hostname, parts.port, request, connections,
+                                    duration=duration, total=total, threads=threads,
+                                    timeout=timeout)
+    generator.start()
+    try:
+        while not generator.wait(PROGRESS_INTERVAL):
+            if progress:
+                progress(generator.completed)
+    finally:
+        generator.stop()
+    outcome = generator.result()
+    latencies = array("d")
+    latencies.frombytes(outcome["latencies_us"])
+    return RunResult(url, connections, outcome["seconds"], array("d", (v / 1000 for v in latencies)),
+                     dict(outcome["statuses"]), dict(outcome["errors"]), outcome["cpu_seconds"])
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, run: "_Run"):
+    def __init__(self, run: "_PythonRun"):
         self.run = run
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -90,7 +98,7 @@ class _Connection(asyncio.Protocol):
             self.closed.set_result(exc)
 
 
-class _Run:
+class _PythonRun:
     def __init__(self, request: bytes, duration: float | None, total: int | None):
         self.request = request
         self.total = total
@@ -112,21 +120,19 @@ class _Run:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
-async def generate_load(
-    url: str,
-    body: bytes,
-    connections: int,
-    duration: float | None = None,
-    total: int | None = None,
-    content_type: str = "application/octet-stream",
-) -> LoadResult:
-    """Drives `url` with `connections` keep-alive connections for `duration` s or `total` requests."""
-    if duration is None and total is None:
-        raise ValueError("give a duration or a request count")
+async def _python_load(url: str, request: bytes, connections: int, duration: float | None,
+                       total: int | None, progress: Progress | None) -> RunResult:
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    run = _Run(build_request(url, body, content_type), duration, total)
-    started = time.perf_counter()
+    run = _PythonRun(request, duration, total)
+    started, cpu_started = time.perf_counter(), time.process_time()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            progress(len(run.latencies))
+
+    reporter = asyncio.create_task(report()) if progress else None
     opened = await asyncio.gather(
         *(loop.create_connection(lambda: _Connection(run), parts.hostname, parts.port)
           for _ in range(connections)),
@@ -134,9 +140,19 @@ async def generate_load(
     )
     protocols = [pair[1] for pair in opened if not isinstance(pair, BaseException)]
     await asyncio.gather(*(protocol.closed for protocol in protocols))
-    seconds = time.perf_counter() - started
-    unanswered = run.issued - len(run.latencies)
-    return LoadResult(
-        requests=len(run.latencies), seconds=seconds, latencies_ms=run.latencies,
-        statuses=run.statuses, errors=unanswered + (connections - len(protocols)),
-    )
+    if reporter:
+        reporter.cancel()
+    errors = {}
+    if connections - len(protocols):
+        errors["connect"] = connections - len(protocols)
+    if run.issued - len(run.latencies):
+        errors["reset"] = run.issued - len(run.latencies)
+    return RunResult(url, connections, time.perf_counter() - started, run.latencies, run.statuses,
+                     errors, time.process_time() - cpu_started)
+
+
+def run_python(url: str, request: bytes, connections: int, duration: float | None,
+               total: int | None, progress: Progress | None = None) -> RunResult:
+    import uvloop
+
+    return uvloop.run(_python_load(url, request, connections, duration, total, progress))

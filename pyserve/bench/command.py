@@ -1,0 +1,215 @@
+"""`pyserve bench TARGET`: how much a server sustains, measured from outside.
+
+TARGET is a predictions URL, or a model archive that pyserve then serves for the run.
+With --compare URL2 both targets are measured in the same run, in alternating rounds, so
+that drift in the machine's load hits both alike, and the ratios are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from pyserve.bench.loadgen import build_request, run_native, run_python
+from pyserve.bench.report import RunResult, merge, ratios, summary
+
+
+def add_bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure the throughput and latency a server sustains",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("target", help="predictions URL (http://host:port/predictions/MODEL), "
+                                      "or a model archive (.mar, .tar.gz) to serve for the run")
+    bench.add_argument("--compare", metavar="URL2",
+                       help="a second predictions URL (or archive), measured in alternating "
+                            "rounds in the same run; the ratios TARGET/URL2 are printed")
+    bench.add_argument("-c", "--connections", type=int, default=64,
+                       help="keep-alive connections, each with one request in flight (default 64)")
+    amount = bench.add_mutually_exclusive_group()
+    amount.add_argument("-d", "--duration", type=float,
+                        help="seconds of load per target (default 10)")
+    amount.add_argument("-n", "--requests", type=int, help="requests per target instead of a duration")
+    bench.add_argument("--rounds", type=int, default=2,
+                       help="rounds per target, alternating between targets (default 2)")
+    bench.add_argument("--warmup", type=float, default=1.0,
+                       help="seconds of unmeasured load per target first (default 1)")
+    body = bench.add_mutually_exclusive_group()
+    body.add_argument("--body-file", type=Path, help="send this file as every request's body")
+    body.add_argument("--body-size", type=int, default=64,
+                      help="send this many random bytes (default 64)")
+    body.add_argument("--json-floats", type=int, metavar="N",
+                      help="send a JSON list of N numbers (application/json), e.g. a model's input")
+    bench.add_argument("--content-type",
+                       help="Content-Type of the body (default: application/octet-stream, or "
+                            "application/json with --json-floats)")
+    bench.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                       help="an extra request header, e.g. 'Authorization: Bearer KEY' (repeatable)")
+    bench.add_argument("--engine", choices=["native", "python"], default="native",
+                       help="load engine: native (epoll, C++; default) or python (asyncio)")
+    bench.add_argument("--threads", type=int, default=1,
+                       help="threads of the native engine (default 1)")
+    bench.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds before a request without an answer counts as an error")
+    bench.add_argument("--workers", type=int,
+                       help="workers per model when serving an archive given as TARGET")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--histogram", type=Path, metavar="FILE.png",
+                       help="also draw the latency histogram into this PNG (needs Pillow)")
+    bench.set_defaults(handler=run_bench)
+
+
+def request_body(args: argparse.Namespace) -> tuple[bytes, str]:
+    if args.body_file:
+        try:
+            return args.body_file.read_bytes(), args.content_type or "application/octet-stream"
+        except OSError as error:
+            raise SystemExit(f"--body-file: {error}") from None
+    if args.json_floats:
+        numbers = [round((i % 97) / 97, 4) for i in range(args.json_floats)]
+        return json.dumps(numbers).encode(), args.content_type or "application/json"
+    return os.urandom(args.body_size), args.content_type or "application/octet-stream"
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, separator, value = pair.partition(":")
+        if not separator:
+            raise SystemExit(f"--header {pair!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+@contextlib.contextmanager
+def _url(target: str, workers: int | None):
+    if target.startswith(("http://", "https://")):
+        yield target
+        return
+    from pyserve.bench.serving import served
+
+    path = Path(target)
+    if not path.exists():
+        raise SystemExit(f"{target}: neither a URL nor an archive that exists")
+    with served(path, workers) as url:
+        yield url
+
+
+class _Progress:
+    """A rich progress bar over all rounds, when the output is a terminal."""
+
+    def __init__(self, total_rounds: int, quiet: bool):
+        self.bar = None
+        if not quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.fields[requests]:>9,} requests"),
+                                TimeElapsedColumn(), transient=True)
+            self.task = self.bar.add_task("load", total=total_rounds, requests=0)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def round(self, description: str):
+        def update(completed: int) -> None:
+            if self.bar:
+                self.bar.update(self.task, description=description, requests=completed)
+
+        return update
+
+    def advance(self) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.connections < 1 or args.rounds < 1:
+        raise SystemExit("--connections and --rounds must be at least 1")
+    if args.requests is not None and args.requests < args.rounds:
+        raise SystemExit("--requests must be at least --rounds (each round sends some)")
+    duration = None if args.requests else (args.duration or 10.0)
+    body, content_type = request_body(args)
+    headers = _headers(args.header)
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(_url(args.target, args.workers))]
+        if args.compare:
+            urls.append(stack.enter_context(_url(args.compare, args.workers)))
+        requests = [build_request(url, body, content_type, headers) for url in urls]
+
+        def measure(index: int, seconds: float | None, total: int | None,
+                    progress=None) -> RunResult:
+            if args.engine == "native":
+                return run_native(urls[index], requests[index], args.connections, seconds, total,
+                                  args.threads, args.timeout, progress)
+            return run_python(urls[index], requests[index], args.connections, seconds, total,
+                              progress)
+
+        targets = range(len(urls))
+        if args.warmup > 0:
+            for target in targets:
+                measure(target, args.warmup, None)
+        rounds: list[list[RunResult]] = [[] for _ in targets]
+        per_round = duration / args.rounds if duration else None
+        quiet = args.json or not sys.stderr.isatty()
+        with _Progress(args.rounds * len(urls), quiet) as progress:
+            for index in range(args.rounds):
+                for target in targets:
+                    update = progress.round(f"round {index + 1}/{args.rounds} {urls[target]}")
+                    total = _share(args.requests, args.rounds, index)
+                    rounds[target].append(measure(target, per_round, total, update))
+                    progress.advance()
+    results = [merge(target_rounds) for target_rounds in rounds]
+    if args.histogram:
+        from pyserve.bench.histogram import write_histogram
+
+        write_histogram(results, args.histogram)
+    report = {"results": [summary(result) for result in results]}
+    if len(results) == 2:
+        report["ratios"] = ratios(results[0], results[1])
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0 if all(result.requests and not result.failed for result in results) else 1
+
+
+def _share(requests: int | None, rounds: int, index: int) -> int | None:
+    """Round `index`'s part of --requests, so that the rounds add up to exactly that many."""
+    if requests is None:
+        return None
+    return requests // rounds + (1 if index < requests % rounds else 0)
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pyserve bench")
+    for column in ("target", "conns", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                   "errors"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for result in report["results"]:
+        latency = result["latency_ms"]
+        failures = {**{k: v for k, v in result["statuses"].items() if not k.startswith("2")},
+                    **result["errors"]}
+        table.add_row(result["target"], str(result["connections"]), f"{result['requests']:,}",
+                      f"{result['requests_per_second']:,.0f}", f"{latency['p50']:.3f}",
+                      f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['max']:.3f}",
+                      ", ".join(f"{k}: {v}" for k, v in failures.items()) or "-")
+    if "ratios" in report:
+        measured = report["ratios"]
+        table.add_row("ratio (target / compare)", "", "", f"{measured['requests_per_second']:.2f}",
+                      f"{measured['p50']:.2f}", f"{measured['p90']:.2f}", f"{measured['p99']:.2f}",
+                      "", "")
+    # Piped output keeps whole URLs on one line instead of wrapping them at 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
