@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers import EXAMPLES, archive_model, shm_segments
@@ -15,7 +17,7 @@ def no_leaked_segments():
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory) -> "Path":
+def model_store(tmp_path_factory) -> Path:
     """A model store with the example archives, made by torch-model-archiver."""
     store = tmp_path_factory.mktemp("model_store")
     archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")

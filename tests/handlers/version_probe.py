@@ -1,6 +1,5 @@
 """Answers with its model version (from the manifest) and has a describe_handle."""
 
-import json
 
 from ts.torch_handler.base_handler import BaseHandler
 
