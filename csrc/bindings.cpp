@@ -6,6 +6,7 @@
 // and every other std::exception, std::logic_error included (RuntimeError), to.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <malloc.h>
 #include <sys/prctl.h>
 
 #include <cerrno>
@@ -53,6 +54,12 @@ BatchPolicy make_policy(size_t batch_size, double max_batch_delay_ms, size_t max
 void set_parent_death_signal(int signal) {
     if (::prctl(PR_SET_PDEATHSIG, signal) != 0) {
         throw ShmError(std::string("prctl(PR_SET_PDEATHSIG): ") + std::strerror(errno));
+    }
+}
+
+void tune_allocator(int mmap_threshold, int trim_threshold) {
+    if (::mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1 || ::mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1) {
+        throw std::invalid_argument("mallopt refused the thresholds");
     }
 }
 
@@ -142,6 +149,8 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("set_parent_death_signal", &set_parent_death_signal, py::arg("signal"),
           "Have the kernel send `signal` to this process when its parent exits.");
+    m.def("tune_allocator", &tune_allocator, py::arg("mmap_threshold"), py::arg("trim_threshold"),
+          "Set glibc malloc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, in bytes, for this process.");
 
     py::class_<ShmRing>(m, "ShmRing", "A one-writer, one-reader ring of frames in shared memory.")
         .def_static("create", &ShmRing::create, py::arg("name"), py::arg("capacity"),

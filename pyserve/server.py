@@ -16,6 +16,7 @@ from typing import Callable
 import uvloop
 
 from pyserve import __version__, archive
+from pyserve.allocator import tune_allocator
 from pyserve.config import Settings
 from pyserve.engine import Engine
 from pyserve.engine.loading import RegisterOptions
@@ -120,4 +121,5 @@ def run(settings: Settings, on_ready: Callable[[str], None] | None = None) -> in
         level=logging.INFO,
         format=f"%(asctime)s [server {os.getpid()}] %(levelname)s %(name)s: %(message)s",
     )
+    tune_allocator()
     return uvloop.run(serve(settings, on_ready))

@@ -15,6 +15,7 @@ import time
 import traceback
 
 from pyserve import _core, protocol
+from pyserve.allocator import tune_allocator
 from pyserve.compat import install_ts_alias
 from pyserve.errors import error_body
 from pyserve.worker.context import Context
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group; the server decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_parent_death_signal(signal.SIGKILL)
+    tune_allocator()
     if os.getppid() != args.parent_pid:
         return 1  # the server died before the death signal was armed
     channel = _core.WorkerChannel(args.requests, args.responses, args.doorbell)
