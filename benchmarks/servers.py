@@ -1,0 +1,216 @@
+"""The servers benchmarks/compare.py puts side by side, started the way their users start them.
+
+Each is timed from the command to its first successful prediction (cold start) and measured
+from /proc: the frontend's resident memory once idle, and the CPU time of its whole process
+tree (frontend and workers), so that a run's server CPU per request can be set beside the
+load client's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyserve.control import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHSERVE_VENV = ROOT / "benchmarks" / ".torchserve-venv"
+START_TIMEOUT = 180
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def build_archives(store: Path) -> None:
+    """echo.mar and mlp.mar from examples/, made by torch-model-archiver as a user makes them."""
+    examples = ROOT / "examples"
+    subprocess.run([sys.executable, str(examples / "mlp" / "make_mlp.py"), str(store)],
+                   check=True, capture_output=True)
+    common = ["--version", "1.0", "--export-path", str(store), "--force"]
+    subprocess.run(["torch-model-archiver", "--model-name", "echo", "--handler",
+                    str(examples / "echo" / "echo_handler.py"), *common], check=True)
+    subprocess.run(["torch-model-archiver", "--model-name", "mlp", "--handler",
+                    str(examples / "mlp" / "mlp_handler.py"), "--serialized-file",
+                    str(store / "mlp.pt"), "--config-file",
+                    str(examples / "mlp" / "model-config.yaml"), *common], check=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes, so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def predicts(url: str, body: bytes, content_type: str) -> bool:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Server:
+    """A running server under test."""
+
+    name: str
+    process: subprocess.Popen
+    inference_port: int
+    cold_start_seconds: float = float("nan")
+    idle_rss_mib: float = float("nan")
+
+    def url(self, model: str) -> str:
+        return f"http://127.0.0.1:{self.inference_port}/predictions/{model}"
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(descendants(self.process.pid))
+
+    def wait_first_prediction(self, started: float, model: str, body: bytes,
+                              content_type: str) -> None:
+        """Polls until the model answers 200; records the cold start and the idle RSS."""
+        deadline = started + START_TIMEOUT
+        while not predicts(self.url(model), body, content_type):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{self.name} did not answer within {START_TIMEOUT} s")
+            time.sleep(0.01)
+        self.cold_start_seconds = time.perf_counter() - started
+        time.sleep(2)  # let start-up garbage settle before reading the idle footprint
+        self.idle_rss_mib = rss_mib(self.frontend())
+
+    def frontend(self) -> int:
+        """The process that serves HTTP: TorchServe's is the JVM its Python launcher starts."""
+        if self.name != "torchserve":
+            return self.process.pid
+        for pid in descendants(self.process.pid):
+            try:
+                with open(f"/proc/{pid}/comm") as comm:
+                    if comm.read().strip() == "java":
+                        return pid
+            except OSError:
+                continue
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Ends the whole tree: TorchServe's launcher can exit and leave its JVM behind."""
+        tree = descendants(self.process.pid)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(alive(pid) for pid in tree):
+            time.sleep(0.1)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listeners(ports: list[int]) -> str:
+    return (f"inference_address=http://127.0.0.1:{ports[0]}\n"
+            f"management_address=http://127.0.0.1:{ports[1]}\n"
+            f"metrics_address=http://127.0.0.1:{ports[2]}\n"
+            "default_workers_per_model=1\n"
+            "disable_token_authorization=true\n")
+
+
+def start_pyserve(work: Path, store: Path, models: list[str]) -> tuple[Server, float]:
+    ports = free_ports(3)
+    (work / "pyserve").mkdir()
+    config = work / "pyserve" / "config.properties"
+    config.write_text(_listeners(ports))
+    log = open(work / "pyserve" / "pyserve.log", "wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", "--model-store",
+         str(store), "--ts-config", str(config), "--models", *models],
+        stdout=log, stderr=subprocess.STDOUT, cwd=work / "pyserve",
+        env=dict(os.environ, TMPDIR=str(work / "pyserve")))
+    return Server("pyserve", process, ports[0]), started
+
+
+def torchserve_installed() -> bool:
+    return (TORCHSERVE_VENV / "bin" / "torchserve").exists() and shutil.which("java") is not None
+
+
+def start_torchserve(work: Path, store: Path, models: list[str]) -> tuple[Server, float]:
+    ports = free_ports(3)
+    home = work / "torchserve"
+    home.mkdir()
+    config = home / "config.properties"
+    config.write_text(_listeners(ports) + "install_py_dep_per_model=false\n")
+    bin_dir = TORCHSERVE_VENV / "bin"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG_LOCATION=str(home / "logs"),
+               METRICS_LOCATION=str(home / "logs"), TEMP=str(home))
+    env.pop("PYTHONPATH", None)
+    log = open(home / "torchserve.log", "wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+         "--model-store", str(store), "--ts-config", str(config), "--models", *models],
+        stdout=log, stderr=subprocess.STDOUT, cwd=home, env=env)
+    return Server("torchserve", process, ports[0]), started
+
+
+def start_ceiling(work: Path) -> tuple[Server, float]:
+    """A bare Starlette app that answers the body itself: no Python server can beat it."""
+    (port,) = free_ports(1)
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "ceiling_app.py"),
+                                str(port)], cwd=work)
+    return Server("ceiling", process, port), started
