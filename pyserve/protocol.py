@@ -2,8 +2,8 @@
 
 Every frame is one msgpack array whose first item is its kind; the numbers come from
 csrc/protocol.hpp through ``_core``, so both sides agree by construction. The core
-itself reads only a frame's kind and, for results, the batch id and ``done`` flag;
-everything else passes through it untouched.
+uses only a frame's kind and, for results, the batch id and ``done`` flag, and passes
+the frame's bytes on untouched (after checking all of it, see below).
 
 Server to worker::
 
@@ -26,6 +26,12 @@ metric update is what a handler recorded through ``context.metrics``:
 ``[name, unit, type, [dimension names], [dimension values], value]``. ``started_ns`` is
 when the worker began the batch, on CLOCK_MONOTONIC, which every process on the host
 shares: the frontend subtracts a request's arrival from it to get its queue latency.
+
+Frames cross shared memory, so neither side trusts the other's bytes. The core checks
+every frame a worker writes against the shapes above before Python sees it
+(``_core.decode_response_frame`` runs that same check); a worker whose frame fails it is
+reported as BROKEN. The worker checks the server's frames with ``decode_request_frame``.
+Both raise ``FrameError``, a ValueError.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ LOADED = _core.FRAME_LOADED
 LOAD_FAILED = _core.FRAME_LOAD_FAILED
 RESULTS = _core.FRAME_RESULTS
 BROKEN = _core.FRAME_BROKEN
+
+# A frame that is not what the protocol says; a ValueError. The same class the core raises.
+FrameError = _core.FrameError
 
 
 class Result(NamedTuple):
@@ -65,7 +74,56 @@ def pack(frame: Any) -> bytes:
 
 
 def unpack(frame: bytes) -> Any:
-    return msgpack.unpackb(frame, raw=False, use_list=True)
+    """The frame's msgpack value; FrameError if the bytes are not exactly one value."""
+    try:
+        return msgpack.unpackb(frame, raw=False, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        # msgpack raises ValueError subclasses (incl. UnicodeDecodeError for bad UTF-8,
+        # ExtraData, StackError for deep nesting) and TypeError for non-bytes input.
+        raise FrameError(f"not a msgpack frame: {error}") from None
+
+
+def _is_uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_request(request: Any) -> None:
+    if not isinstance(request, dict):
+        raise FrameError("a request must be a map")
+    if not (_is_uint(request.get("id")) and isinstance(request.get("request_id"), str)
+            and isinstance(request.get("content_type"), str)
+            and isinstance(request.get("body"), bytes)):
+        raise FrameError("a request needs id, request_id, content_type and body of their types")
+    headers = request.get("headers")
+    if not isinstance(headers, list) or not all(
+        isinstance(pair, list) and len(pair) == 2
+        and isinstance(pair[0], bytes) and isinstance(pair[1], bytes)
+        for pair in headers
+    ):
+        raise FrameError("request headers must be [[name, value], ...] byte pairs")
+
+
+def decode_request_frame(frame: bytes) -> list:
+    """A frame the server wrote, checked: ``[LOAD, settings]``, ``[BATCH, batch_id, requests]``,
+    ``[STOP]``, or ``[kind, ...]`` of a kind this worker does not know (which it ignores).
+
+    FrameError for anything else, so that the worker never acts on half a frame.
+    """
+    value = unpack(frame)
+    if not isinstance(value, list) or not value or type(value[0]) is not int:
+        raise FrameError("a frame must be an array that starts with its kind")
+    kind = value[0]
+    if kind == LOAD:
+        if len(value) != 2 or not isinstance(value[1], dict):
+            raise FrameError("a load frame must be [LOAD, settings]")
+    elif kind == BATCH:
+        if len(value) != 3 or not _is_uint(value[1]) or not isinstance(value[2], list):
+            raise FrameError("a batch frame must be [BATCH, batch_id, [request, ...]]")
+        for request in value[2]:
+            _check_request(request)
+    elif kind == STOP and len(value) != 1:
+        raise FrameError("a stop frame must be [STOP]")
+    return value
 
 
 def encode_request(

@@ -152,8 +152,10 @@ class MetricsCache:
         return metric
 
     def _record(self, metric: Metric, value: float, dimension_values: list[str]) -> None:
-        self._updates.append([metric.metric_name, metric.unit, metric.metric_type.value,
-                              metric.dimension_names, dimension_values, float(value)])
+        # All str, as the server checks them: a handler may name metrics with anything.
+        self._updates.append([str(metric.metric_name), str(metric.unit), metric.metric_type.value,
+                              [str(name) for name in metric.dimension_names], dimension_values,
+                              float(value)])
 
     def drain(self) -> list[list[Any]]:
         """Updates recorded since the last drain: [name, unit, type, dim names, dim values, value]."""

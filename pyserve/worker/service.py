@@ -97,6 +97,11 @@ class Service:
 
     @staticmethod
     def _result(request: dict, processor: RequestProcessor, body: bytes) -> list[Any]:
+        status = processor.get_response_status_code()
+        # The server checks every result's types (an int status, a str phrase) and treats
+        # a worker that breaks them as broken, so a handler's odd values are caught here.
+        if type(status) is not int or not -(1 << 63) <= status < (1 << 64):
+            return _error(request, 500, f"Handler set an invalid HTTP status: {status!r}")
         content_type = None
         extra = []
         for key, value in processor.get_response_headers().items():
@@ -104,5 +109,5 @@ class Service:
                 content_type = str(value)
             else:
                 extra.append([str(key), str(value)])
-        phrase = processor.get_response_status_phrase() or ""
-        return [request["id"], processor.get_response_status_code(), phrase, content_type, extra, body]
+        phrase = str(processor.get_response_status_phrase() or "")
+        return [request["id"], status, phrase, content_type, extra, body]
