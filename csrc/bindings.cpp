@@ -147,6 +147,19 @@ PYBIND11_MODULE(_core, m) {
     m.attr("MAX_BATCHES_IN_FLIGHT") = Scheduler::kMaxBatchesInFlight;
     m.attr("MAX_ATTEMPTS") = Scheduler::kMaxAttempts;
 
+    m.def(
+        "decode_response_frame",
+        [](const py::bytes& frame) {
+            const auto parsed = protocol::parse_response_frame(
+                bytes_data(frame), static_cast<size_t>(PyBytes_GET_SIZE(frame.ptr())));
+            return py::make_tuple(parsed.kind, parsed.batch_id, parsed.done);
+        },
+        py::arg("frame"),
+        "Check a frame as the scheduler checks every frame a worker writes, with the same\n"
+        "decoder, and return (kind, batch_id, done); batch_id and done are 0 and False for\n"
+        "frames other than results. FrameError says what is wrong with any other frame. The\n"
+        "server never calls it: it exists so that the decoder can be tested and fuzzed.");
+
     m.def("set_parent_death_signal", &set_parent_death_signal, py::arg("signal"),
           "Have the kernel send `signal` to this process when its parent exits.");
     m.def("tune_allocator", &tune_allocator, py::arg("mmap_threshold"), py::arg("trim_threshold"),
@@ -273,8 +286,20 @@ PYBIND11_MODULE(_core, m) {
             "Create the worker's rings; returns (request ring name, response ring name).")
         .def("stop_worker", &Scheduler::stop_worker, py::arg("worker_id"),
              py::call_guard<py::gil_scoped_release>())
-        .def("worker_exited", &Scheduler::worker_exited, py::arg("worker_id"),
-             py::call_guard<py::gil_scoped_release>())
+        .def(
+            "worker_exited",
+            [](Scheduler& s, uint64_t worker_id, bool timed_out) {
+                WorkerExit exit;
+                {
+                    py::gil_scoped_release unlocked;
+                    exit = s.worker_exited(worker_id, timed_out);
+                }
+                return py::make_tuple(exit.failed, exit.timed_out);
+            },
+            py::arg("worker_id"), py::arg("timed_out") = false,
+            "Re-queue what the dead worker held; returns (failed ids, timed-out ids).")
+        .def("running_batch_seconds", &Scheduler::running_batch_seconds, py::arg("worker_id"),
+             "Seconds the worker has spent on its running batch; negative when it holds none.")
         .def(
             "submit",
             [](Scheduler& s, uint64_t model_id, uint64_t request_id, const py::bytes& payload) {

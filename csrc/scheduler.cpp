@@ -93,6 +93,13 @@ size_t Scheduler::in_flight(uint64_t worker_id) const {
     return found == workers_.end() ? 0 : found->second->in_flight.size();
 }
 
+double Scheduler::running_batch_seconds(uint64_t worker_id) const {
+    std::lock_guard lock(mutex_);
+    auto found = workers_.find(worker_id);
+    if (found == workers_.end() || found->second->in_flight.empty()) return -1.0;
+    return std::chrono::duration<double>(Clock::now() - found->second->running_since).count();
+}
+
 WorkerRingNames Scheduler::add_worker(uint64_t worker_id, uint64_t model_id,
                                       const std::string& load_frame) {
     std::lock_guard lock(mutex_);
@@ -130,25 +137,31 @@ void Scheduler::send_stop(Worker& worker) {
     worker.stop_pending = !worker.requests.try_write(frame, sizeof(frame));
 }
 
-std::vector<uint64_t> Scheduler::worker_exited(uint64_t worker_id) {
-    std::vector<uint64_t> failed;
+WorkerExit Scheduler::worker_exited(uint64_t worker_id, bool timed_out) {
+    WorkerExit exit;
     {
         std::lock_guard lock(mutex_);
         auto found = workers_.find(worker_id);
-        if (found == workers_.end()) return failed;
+        if (found == workers_.end()) return exit;
         Worker& worker = *found->second;
         collect(worker);  // answers written just before it died still count
 
         auto owner = models_.find(worker.model_id);
         std::vector<Request> retry;
+        bool running = true;  // the first batch in_flight is the one the worker was running
         for (auto& [batch_id, batch] : worker.in_flight) {
             for (Request& request : batch) {
-                if (++request.attempts >= kMaxAttempts || owner == models_.end()) {
-                    failed.push_back(request.id);
+                if (owner == models_.end()) {
+                    exit.failed.push_back(request.id);
+                } else if (running && timed_out) {
+                    exit.timed_out.push_back(request.id);
+                } else if (running && ++request.attempts >= kMaxAttempts) {
+                    exit.failed.push_back(request.id);
                 } else {
                     retry.push_back(std::move(request));
                 }
             }
+            running = false;
         }
         workers_.erase(found);
         if (owner != models_.end()) {
@@ -160,7 +173,7 @@ std::vector<uint64_t> Scheduler::worker_exited(uint64_t worker_id) {
         signal_loop();
     }
     doorbell_.ring();
-    return failed;
+    return exit;
 }
 
 SubmitStatus Scheduler::submit(uint64_t model_id, uint64_t request_id, std::string payload) {
@@ -250,6 +263,7 @@ bool Scheduler::send_batch(Worker& worker, std::vector<Request>& batch) {
     }
     worker.requests.commit();
     worker.last_dispatch = ++dispatch_count_;
+    if (worker.in_flight.empty()) worker.running_since = Clock::now();
     worker.in_flight.emplace(batch_id, std::move(batch));
     return true;
 }
@@ -271,33 +285,31 @@ void Scheduler::collect(Worker& worker) {
     }
 }
 
-void Scheduler::handle_frame(Worker& worker, const FrameView& frame) {
-    msgpack::Reader reader(frame.data, frame.size);
-    if (reader.read_array_header() < 1) throw msgpack::FormatError("empty frame");
-    const uint64_t kind = reader.read_uint();
-    switch (kind) {
+void Scheduler::handle_frame(Worker& worker, const FrameView& view) {
+    // Copied first and checked on the copy: the worker can still write to the ring, and
+    // Python must get exactly the bytes that were checked.
+    std::string frame(reinterpret_cast<const char*>(view.data), view.size);
+    const protocol::ResponseFrame parsed =
+        protocol::parse_response_frame(reinterpret_cast<const uint8_t*>(frame.data()), frame.size());
+    switch (parsed.kind) {
         case protocol::kLoaded:
             if (worker.state == WorkerState::kStarting) worker.state = WorkerState::kReady;
             break;
         case protocol::kLoadFailed:
             worker.state = WorkerState::kFailed;
             break;
-        case protocol::kResults: {
-            const uint64_t batch_id = reader.read_uint();
-            const bool done = reader.read_bool();
-            if (!worker.in_flight.count(batch_id)) {
+        case protocol::kResults:
+            if (!worker.in_flight.count(parsed.batch_id)) {
                 throw msgpack::FormatError("results for a batch the worker does not hold");
             }
-            if (done) worker.in_flight.erase(batch_id);
+            if (parsed.done) {
+                worker.in_flight.erase(parsed.batch_id);
+                worker.running_since = Clock::now();  // the next batch, if any, starts now
+            }
             break;
-        }
-        default:
-            throw msgpack::FormatError("unknown frame kind " + std::to_string(kind));
     }
     worker.ring_full = false;
-    completions_.push_back(
-        {worker.id, static_cast<uint8_t>(kind),
-         std::string(reinterpret_cast<const char*>(frame.data), frame.size)});
+    completions_.push_back({worker.id, parsed.kind, std::move(frame)});
 }
 
 Deadline Scheduler::next_deadline() {

@@ -31,6 +31,12 @@ struct Completion {
 
 enum class SubmitStatus : int { kQueued = 0, kQueueFull = 1, kUnknownModel = 2, kTooLarge = 3 };
 
+// The requests a dead worker held that are not queued again, and why.
+struct WorkerExit {
+    std::vector<uint64_t> failed;     // its running batch, which had already killed a worker
+    std::vector<uint64_t> timed_out;  // its running batch, when the worker was killed for taking too long
+};
+
 struct WorkerRingNames {
     std::string requests;
     std::string responses;
@@ -41,7 +47,9 @@ class Scheduler {
     // A worker may hold this many batches: one running and one waiting in its ring, so
     // that it never waits for a round trip to the server between two batches.
     static constexpr size_t kMaxBatchesInFlight = 2;
-    // A request is tried on at most this many workers that died while running it.
+    // A request is tried on at most this many workers that died while running it. Only the
+    // batch a worker was running is blamed: batches still waiting in its ring go back to
+    // the queue as they were.
     static constexpr int kMaxAttempts = 2;
 
     // Every shared-memory name this scheduler creates starts with `prefix`.
@@ -63,14 +71,17 @@ class Scheduler {
     std::vector<uint64_t> drain_queue(uint64_t model_id);
     size_t queued(uint64_t model_id) const;
     size_t in_flight(uint64_t worker_id) const;
+    // Seconds the worker has spent on the batch it is running; negative when it holds none.
+    double running_batch_seconds(uint64_t worker_id) const;
 
     // Creates the worker's two rings and puts `load_frame` first on its request ring.
     WorkerRingNames add_worker(uint64_t worker_id, uint64_t model_id, const std::string& load_frame);
     // The worker gets no new batches and is told to exit after those it holds.
     void stop_worker(uint64_t worker_id);
     // Reads what the worker still left, re-queues the requests it held that may be tried
-    // again, removes its rings and returns the ids of the requests that may not.
-    std::vector<uint64_t> worker_exited(uint64_t worker_id);
+    // again, removes its rings and returns those that may not. `timed_out`: the worker was
+    // killed because its running batch took too long; that batch is not tried again.
+    WorkerExit worker_exited(uint64_t worker_id, bool timed_out);
 
     SubmitStatus submit(uint64_t model_id, uint64_t request_id, std::string payload);
     std::vector<Completion> take_completions();
@@ -92,7 +103,9 @@ class Scheduler {
         bool stop_pending = false;  // the stop frame is still to be written
         bool broken = false;        // its response ring can no longer be trusted
         uint64_t last_dispatch = 0;
-        std::map<uint64_t, std::vector<Request>> in_flight;  // batch id -> requests
+        // batch id -> requests; the worker runs them in id order, so the first is running
+        std::map<uint64_t, std::vector<Request>> in_flight;
+        Clock::time_point running_since;  // when the first batch in_flight became the running one
     };
 
     struct Model {

@@ -174,7 +174,7 @@ def test_requests_of_a_dead_worker_are_retried_once_on_another(scheduler):
     submit(scheduler, 1)
     holder = dying if dying.next_batch(timeout=1) else survivor
     other = survivor if holder is dying else dying
-    assert scheduler.worker_exited(holder.id) == []  # nothing failed: it is retried
+    assert scheduler.worker_exited(holder.id) == ([], [])  # nothing failed: it is retried
     assert other.next_batch()[1] == [1]
 
 
@@ -183,11 +183,45 @@ def test_a_request_whose_workers_die_twice_is_failed_not_retried_again(scheduler
     first = loaded_worker(scheduler, 1)
     submit(scheduler, 1)
     first.next_batch()
-    assert scheduler.worker_exited(1) == []
+    assert scheduler.worker_exited(1) == ([], [])
     second = loaded_worker(scheduler, 2)
     assert second.next_batch()[1] == [1]
-    assert scheduler.worker_exited(2) == [1]
+    assert scheduler.worker_exited(2) == ([1], [])
     assert scheduler.queued(1) == 0
+
+
+def test_only_the_running_batch_is_blamed_for_a_death(scheduler):
+    scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(scheduler, 1)
+    submit(scheduler, 1, 2)  # 1 runs, 2 waits behind it in the ring
+    assert scheduler.worker_exited(1) == ([], [])
+    worker = loaded_worker(scheduler, 2)
+    assert worker.next_batch()[1] == [1]
+    assert scheduler.worker_exited(2) == ([1], [])  # 2 had not run on the first worker
+    worker = loaded_worker(scheduler, 3)
+    assert worker.next_batch()[1] == [2]
+
+
+def test_a_timed_out_batch_is_not_retried_and_the_rest_is(scheduler):
+    scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    loaded_worker(scheduler, 1)
+    submit(scheduler, 1, 2)
+    assert scheduler.worker_exited(1, timed_out=True) == ([], [1])
+    worker = loaded_worker(scheduler, 2)
+    assert worker.next_batch()[1] == [2]
+
+
+def test_running_batch_seconds_counts_from_when_the_batch_started(scheduler):
+    scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(scheduler)
+    assert scheduler.running_batch_seconds(1) < 0
+    submit(scheduler, 1)
+    batch_id, ids = worker.next_batch()
+    time.sleep(0.05)
+    assert scheduler.running_batch_seconds(1) >= 0.05
+    worker.answer(batch_id, ids)
+    take(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
+    assert scheduler.running_batch_seconds(1) < 0
 
 
 def test_answers_written_just_before_death_still_count(scheduler):
@@ -196,7 +230,7 @@ def test_answers_written_just_before_death_still_count(scheduler):
     submit(scheduler, 1)
     batch_id, ids = worker.next_batch()
     worker.answer(batch_id, ids)
-    assert scheduler.worker_exited(1) == []
+    assert scheduler.worker_exited(1) == ([], [])
     assert scheduler.queued(1) == 0
     got = take(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
     assert protocol.unpack(got[-1][2])[3][0][0] == 1

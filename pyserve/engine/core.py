@@ -13,7 +13,7 @@ import os
 from typing import Callable
 
 from pyserve import _core, protocol
-from pyserve.errors import ServeError, ServiceUnavailable, error_body
+from pyserve.errors import QueueFull, ServeError, ServiceUnavailable, error_body
 from pyserve.protocol import Result
 
 log = logging.getLogger("pyserve.engine")
@@ -75,7 +75,7 @@ class Core:
     @staticmethod
     def _refused(status: int) -> ServeError:
         if status == _core.SUBMIT_QUEUE_FULL:
-            return ServiceUnavailable("Model queue is full: job_queue_size reached, retry later")
+            return QueueFull("Model queue is full: job_queue_size reached, retry later")
         if status == _core.SUBMIT_TOO_LARGE:
             return ServeError(413, "RequestTooLargeException", "Request is larger than a worker can take")
         return ServiceUnavailable("Model is not being served")
@@ -91,7 +91,11 @@ class Core:
     def _take_completions(self) -> None:
         for worker_id, kind, frame in self.scheduler.take_completions():
             if kind == protocol.RESULTS:
-                _, _, _, results, metrics, started_ns = protocol.unpack(frame)
+                try:
+                    _, _, _, results, metrics, started_ns = protocol.unpack(frame)
+                except protocol.FrameError as error:  # the core checked it; a second line of defence
+                    self._on_worker_event(worker_id, protocol.BROKEN, str(error).encode())
+                    continue
                 for result in results:
                     future = self._pending.pop(result[0], None)
                     if future is not None and not future.done():

@@ -2,7 +2,9 @@
 
 A worker that exits unexpectedly is noticed at once (pidfd); the core re-queues what it
 held, and it is restarted with TorchServe's Fibonacci back-off while its model is still
-registered and short of workers.
+registered and short of workers. The back-off starts over once a worker has stayed up for
+STABLE_SECONDS, so a request that kills every worker it meets slows restarts down instead
+of looping. A watchdog kills a worker whose running batch outlives response_timeout.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 
-from pyserve import protocol
+from pyserve import _core, protocol
 from pyserve.config import Settings
 from pyserve.engine.core import Core
 from pyserve.engine.models import ModelVersion
@@ -22,7 +25,11 @@ from pyserve.errors import ServeError
 log = logging.getLogger("pyserve.engine")
 
 RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+STABLE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
+WATCHDOG_INTERVAL = 1.0
+DIED_TWICE = ("Worker died while running this request, and so did the worker it was "
+              f"retried on; it is not tried again (at most {_core.MAX_ATTEMPTS} workers)")
 
 
 class WorkerPool:
@@ -38,6 +45,21 @@ class WorkerPool:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        loop.call_later(WATCHDOG_INTERVAL, self._watchdog)
+
+    def _watchdog(self) -> None:
+        """Kills the workers whose running batch has taken longer than response_timeout."""
+        if self.closing:
+            return
+        for worker, model in list(self._workers.values()):
+            seconds = self.core.scheduler.running_batch_seconds(worker.id)
+            if worker.alive and not worker.timed_out and seconds > model.config.response_timeout:
+                log.error("worker %s of %s:%s took %.0f s, over response_timeout=%s s; killing it",
+                          worker.id, model.name, model.version, seconds,
+                          model.config.response_timeout)
+                worker.timed_out = True
+                worker.kill()
+        self._loop.call_later(WATCHDOG_INTERVAL, self._watchdog)
 
     def model_of(self, worker_id: int) -> ModelVersion | None:
         entry = self._workers.get(worker_id)
@@ -103,6 +125,7 @@ class WorkerPool:
                 "threads": placement.threads,
                 "limit_max_image_pixels": self.settings.limit_max_image_pixels,
                 "decode_input_request": self.settings.decode_input_request,
+                "max_response_size": self.settings.max_response_size,
                 "model_yaml_config": model.yaml_config,
             }
         )
@@ -141,7 +164,6 @@ class WorkerPool:
         worker, model = entry
         if kind == protocol.LOADED:
             worker.mark_loaded()
-            self._restart_attempts.pop(worker_id, None)
             log.info("worker %s of %s:%s is ready (pid %s)", worker_id, model.name,
                      model.version, worker.pid)
         elif kind == protocol.LOAD_FAILED:
@@ -154,8 +176,13 @@ class WorkerPool:
         _, model = self._workers.pop(worker.id)
         self.placement.release(worker.placement)
         model.workers.pop(worker.id, None)
-        failed = self.core.scheduler.worker_exited(worker.id)
-        self.core.fail(failed, 500, "InternalServerException", "Worker died.")
+        failed, timed_out = self.core.scheduler.worker_exited(worker.id, worker.timed_out)
+        self.core.fail(failed, 500, "InternalServerException", DIED_TWICE)
+        self.core.fail(timed_out, 500, "InternalServerException",
+                       f"Worker did not answer within response_timeout="
+                       f"{model.config.response_timeout} s; it was killed and is restarted")
+        if worker.loaded_at is not None and time.monotonic() - worker.loaded_at > STABLE_SECONDS:
+            self._restart_attempts.pop(worker.id, None)
         expected = worker.stop_requested or self.closing
         if not expected:
             log.warning("worker %s of %s:%s exited with code %s", worker.id, model.name,

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +61,8 @@ class WorkerProcess:
         self.exit_code: int | None = None
         self.load_error: str | None = None
         self.stop_requested = False
+        self.timed_out = False  # killed by the watchdog for outliving response_timeout
+        self.loaded_at: float | None = None  # time.monotonic() when it reported loaded
         self._ring_names = ring_names
         self._doorbell = doorbell
         self._on_exit = on_exit
@@ -104,6 +107,7 @@ class WorkerProcess:
         loop.add_reader(self._pidfd, self._reap)
 
     def mark_loaded(self) -> None:
+        self.loaded_at = time.monotonic()
         if self.state is WorkerState.STARTING:
             self.state = WorkerState.READY
         if not self.loaded.done():

@@ -54,6 +54,20 @@ def load(settings: dict) -> Service:
     return Service(entry_point, context, decode_json=settings.get("decode_input_request", True))
 
 
+def within_response_limit(results: list, limit: int | None) -> list:
+    """Each body over max_response_size becomes a 500 that says so, as TorchServe refuses them."""
+    if not limit:
+        return results
+    checked = []
+    for result in results:
+        if len(result[5]) > limit:
+            message = f"Response of {len(result[5])} bytes is over max_response_size={limit}"
+            result = [result[0], 500, "", "application/json", [],
+                      error_body(500, "InternalServerException", message)]
+        checked.append(result)
+    return checked
+
+
 def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, metrics: list,
                  started_ns: int) -> None:
     frame = protocol.encode_results(batch_id, True, results, metrics, started_ns)
@@ -73,11 +87,32 @@ def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, met
         channel.send(frame)
 
 
+def receive(channel: _core.WorkerChannel) -> list:
+    """The server's next frame, checked by protocol.decode_request_frame."""
+    frame = channel.receive()
+    if frame is None:  # only a closed ring ends a wait without a timeout
+        return [protocol.STOP]
+    return protocol.decode_request_frame(frame)
+
+
 def serve(channel: _core.WorkerChannel) -> int:
-    kind, settings = protocol.unpack(channel.receive())
-    if kind != protocol.LOAD:
-        log.error("expected a load frame, got kind %s", kind)
+    """Exit codes: 0 told to stop, 1 the model failed to load, 2 the first frame was no
+    load frame, 3 the server's frames could not be read (FrameError or RingError)."""
+    try:
+        return _serve(channel)
+    except (protocol.FrameError, _core.RingError) as error:
+        # Nothing more from this ring can be trusted; the server notices the exit and
+        # answers or re-queues the requests this worker held.
+        log.error("giving up on the rings shared with the server: %s", error)
+        return 3
+
+
+def _serve(channel: _core.WorkerChannel) -> int:
+    frame = receive(channel)
+    if frame[0] != protocol.LOAD:
+        log.error("expected a load frame, got kind %s", frame[0])
         return 2
+    settings = frame[1]
     try:
         service = load(settings)
     except BaseException as error:  # noqa: BLE001 - reported to the server, then exit
@@ -87,14 +122,15 @@ def serve(channel: _core.WorkerChannel) -> int:
     channel.send(protocol.encode_loaded({"pid": os.getpid()}))
 
     while True:
-        frame = protocol.unpack(channel.receive())
+        frame = receive(channel)
         started_ns = time.monotonic_ns()
         kind = frame[0]
         if kind == protocol.STOP:
             return 0
         if kind == protocol.BATCH:
             _, batch_id, requests = frame
-            results = service.predict(requests)
+            results = within_response_limit(service.predict(requests),
+                                            settings.get("max_response_size"))
             send_results(channel, batch_id, results, service.context.metrics.drain(), started_ns)
         else:
             log.error("ignoring a frame of unknown kind %s", kind)

@@ -1,0 +1,133 @@
+"""Workers that die are noticed at once, their requests re-run once, and none is lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import archive_model, child_pids, pid_alive, start_server
+
+HAZARDS = Path(__file__).resolve().parent / "handlers" / "hazards.py"
+CLIENTS = 4
+REQUESTS = 3000
+KILL_EVERY_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("death_store")
+    archive_model(store, "hazards", HAZARDS)
+    return store
+
+
+@pytest.fixture
+def server(store, tmp_path):
+    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=2)
+    yield server
+    server.stop()
+
+
+def describe(server) -> dict:
+    return httpx.get(f"{server.management_url}/models/hazards", timeout=30).json()[0]
+
+
+def ready_worker_pids(server) -> list[int]:
+    return [w["pid"] for w in describe(server)["workers"] if w["status"] == "READY"]
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def predict(client: httpx.Client, body: bytes) -> httpx.Response:
+    return client.post("/predictions/hazards", content=body,
+                       headers={"Content-Type": "application/octet-stream"})
+
+
+def test_every_request_is_answered_while_workers_are_killed(server):
+    stop_killing = threading.Event()
+    kills = []
+
+    def killer() -> None:
+        while not stop_killing.wait(KILL_EVERY_SECONDS):
+            pids = ready_worker_pids(server)
+            if pids:
+                victim = random.choice(pids)
+                os.kill(victim, signal.SIGKILL)
+                kills.append(victim)
+
+    def client_run(index: int) -> list[tuple[bytes, httpx.Response]]:
+        answered = []
+        with httpx.Client(base_url=server.inference_url, timeout=60) as client:
+            for n in range(REQUESTS // CLIENTS):
+                body = f"{index}-{n}".encode()
+                answered.append((body, predict(client, body)))
+        return answered
+
+    killing = threading.Thread(target=killer)
+    killing.start()
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            answers = [pair for run in pool.map(client_run, range(CLIENTS)) for pair in run]
+    finally:
+        stop_killing.set()
+        killing.join()
+    assert len(kills) >= 2, "the load ended before workers were killed"
+    assert len(answers) == REQUESTS
+    wrong = [(body, r.status_code, r.content[:200]) for body, r in answers
+             if r.status_code != 200 or r.content != body]
+    assert not wrong, wrong[:5]
+    assert describe(server)["restarts"] >= len(kills)
+
+
+def test_a_request_that_kills_two_workers_gets_a_clear_error(server):
+    with httpx.Client(base_url=server.inference_url, timeout=60) as client:
+        answer = predict(client, b"poison")
+        assert answer.status_code == 500
+        assert answer.json()["type"] == "InternalServerException"
+        assert "retried" in answer.json()["message"]
+        wait_for(lambda: len(ready_worker_pids(server)) == 2)
+        assert predict(client, b"still here").content == b"still here"
+
+
+def test_a_dead_worker_is_noticed_at_once_and_restarted(server):
+    victim = ready_worker_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: describe(server)["restarts"] == 1, timeout=10)
+    wait_for(lambda: len(ready_worker_pids(server)) == 2)
+    assert victim not in ready_worker_pids(server)
+
+
+def test_restarts_back_off_when_workers_keep_dying(store, tmp_path):
+    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=1)
+    try:
+        gaps = []
+        for _ in range(4):
+            (victim,) = ready_worker_pids(server)
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: ready_worker_pids(server) not in ([], [victim]))
+            gaps.append(time.monotonic() - killed)
+        # Fibonacci back-off 1, 1, 2, 3 s: a delay is a lower bound, whatever the machine's load.
+        assert [gap >= floor for gap, floor in zip(gaps, (1, 1, 2, 3))] == [True] * 4
+        assert describe(server)["restarts"] == 4
+    finally:
+        server.stop()
+
+
+def test_no_worker_outlives_the_server(server):
+    workers = child_pids(server.process.pid)
+    assert workers
+    server.stop()
+    assert not [pid for pid in workers if pid_alive(pid)]
