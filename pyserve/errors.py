@@ -20,11 +20,13 @@ def status_body(message: str) -> bytes:
 class ServeError(Exception):
     """An error with the HTTP status and TorchServe exception type it is answered with."""
 
-    def __init__(self, code: int, type: str, message: str):
+    def __init__(self, code: int, type: str, message: str,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.code = code
         self.type = type
         self.message = message
+        self.headers = headers or {}  # sent with the error answer, e.g. Retry-After
 
     def body(self) -> bytes:
         return error_body(self.code, self.type, self.message)
@@ -48,6 +50,16 @@ class BadRequest(ServeError):
 class ServiceUnavailable(ServeError):
     def __init__(self, message: str):
         super().__init__(503, "ServiceUnavailableException", message)
+
+
+class QueueFull(ServeError):
+    """A model's queue holds job_queue_size requests: answered at once, with when to retry."""
+
+    RETRY_AFTER_SECONDS = 1
+
+    def __init__(self, message: str):
+        super().__init__(503, "ServiceUnavailableException", message,
+                         {"Retry-After": str(self.RETRY_AFTER_SECONDS)})
 
 
 class InternalServerError(ServeError):

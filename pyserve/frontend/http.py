@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -72,7 +72,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def _serve_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServeError)
-    return error_response(error.code, error.type, error.message)
+    response = error_response(error.code, error.type, error.message)
+    response.headers.update(error.headers)
+    return response
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -88,6 +90,13 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 async def _too_large(request: Request, error: Exception) -> Response:
     return Response(b"", 413)
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    # The client closed the connection before its body ended. Nobody reads this answer (uvicorn
+    # drops it); without a handler Starlette would log a traceback and count a 500.
+    return error_response(400, "BadRequestException",
+                          "Connection closed before the whole request body arrived")
 
 
 class RequestIds:
@@ -155,7 +164,7 @@ def listener_app(routes: list[BaseRoute], document: Callable[[], dict],
             *routes,
         ],
         exception_handlers={ServeError: _serve_error, HTTPException: _http_error,
-                            BodyTooLarge: _too_large},
+                            BodyTooLarge: _too_large, ClientDisconnect: _client_gone},
     )
     app.router.redirect_slashes = False  # trailing slashes are dropped above, never redirected
     guarded = RequireToken(app, tokens, kind) if tokens is not None else app

@@ -84,6 +84,7 @@ class FastPredictions:
         except ServeError as error:
             status, headers, body = error.code, [(b"content-type", JSON)], error.body()
             headers.append((b"content-length", str(len(body)).encode()))
+            headers.extend((name.encode(), value.encode()) for name, value in error.headers.items())
         headers.extend(NO_CACHE_HEADERS)
         headers.append((b"x-request-id", request_id.encode()))
         self.metrics.count_response(status)
