@@ -44,6 +44,7 @@ class Settings:
     decode_input_request: bool = True
     initial_worker_port: int = 9000
     unregister_model_timeout: int = 120
+    graceful_shutdown_timeout: int = 30
     enable_metrics_api: bool = True
 
     def merged(self, **overrides: Any) -> "Settings":

@@ -77,14 +77,15 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     tokens = None if settings.disable_token_authorization else TokenKeys(Path.cwd(),
                                                                           settings.token_expiration_min)
     listeners: list[Listener] = []
+    drain = settings.graceful_shutdown_timeout
     try:
         try:
             listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
-                                           settings.inference_address, "inference"))
+                                           settings.inference_address, "inference", drain))
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
-                                           settings.management_address, "management"))
+                                           settings.management_address, "management", drain))
             listeners.append(make_listener(metrics_app(engine.metrics, __version__),
-                                           settings.metrics_address, "metrics"))
+                                           settings.metrics_address, "metrics", drain))
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:

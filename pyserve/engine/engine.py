@@ -22,6 +22,7 @@ from pyserve.engine.loading import RegisterOptions, prepare
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.placement import Placement, visible_gpus
 from pyserve.engine.pool import WorkerPool
+from pyserve.engine.stale import remove_stale_segments
 from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, ServiceUnavailable
 from pyserve.metrics import ServerMetrics, WorkerSummary
 
@@ -50,6 +51,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        remove_stale_segments()
         self._loop = asyncio.get_running_loop()
         self.core.start(self._loop)
         self.pool.start(self._loop)
