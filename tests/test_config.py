@@ -95,3 +95,18 @@ def test_listener_addresses_parse(address, expected):
 def test_a_listener_address_without_host_is_refused():
     with pytest.raises(ConfigError, match="listener address"):
         parse_address("ftp://:80")
+
+
+def test_every_listener_binds_loopback_unless_configured(tmp_path):
+    settings = load_settings(write(tmp_path, ""), env={})
+    addresses = [settings.inference_address, settings.management_address,
+                 settings.metrics_address]
+    assert [parse_address(address)[0] for address in addresses] == ["127.0.0.1"] * 3
+
+
+def test_remote_model_urls_are_refused_unless_allowed(tmp_path):
+    assert load_settings(write(tmp_path, ""), env={}).allowed_urls == []
+
+
+def test_token_authorization_is_on_by_default(tmp_path):
+    assert load_settings(write(tmp_path, ""), env={}).disable_token_authorization is False

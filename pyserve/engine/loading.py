@@ -65,12 +65,21 @@ async def resolve_source(url: str, settings: Settings) -> tuple[Path, bool]:
     return path, False
 
 
+def inside_model(model_dir: Path, name: str, what: str) -> Path:
+    """A file the manifest names, refused unless it lies inside the model's folder."""
+    path = (model_dir / name).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise BadRequest(f"{what} {name} is outside the model archive")
+    return path
+
+
 def read_yaml(model_dir: Path, config_file: str | None) -> dict:
     if not config_file:
         return {}
+    path = inside_model(model_dir, config_file, "model config")
     try:
-        loaded = yaml.safe_load((model_dir / config_file).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise BadRequest(f"cannot read model config {config_file}: {error}") from None
     if loaded is None:
         return {}
@@ -142,7 +151,8 @@ async def install_requirements(model: ModelVersion, target: Path) -> None:
     if not requirements:
         return
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-               "--no-input", "-U", "-t", str(target), "-r", str(model.model_dir / requirements)]
+               "--no-input", "-U", "-t", str(target), "-r",
+               str(inside_model(model.model_dir, requirements, "requirements file"))]
     result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
     if result.returncode != 0:
         log.error("pip failed for model %s:\n%s", model.name, result.stderr[-4000:])
