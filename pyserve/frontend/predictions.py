@@ -57,6 +57,10 @@ def result_headers(result: Result) -> tuple[int, list]:
     return result.status, headers
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body was whole: nothing is run, nothing answered."""
+
+
 class FastPredictions:
     """ASGI app serving `/predictions/...` itself and passing everything else to `fallback`."""
 
@@ -81,6 +85,8 @@ class FastPredictions:
         request_id = self.ids.next()
         try:
             status, headers, body = await self._predict(scope, receive, segments, request_id)
+        except ClientGone:
+            return
         except ServeError as error:
             status, headers, body = error.code, [(b"content-type", JSON)], error.body()
             headers.append((b"content-length", str(len(body)).encode()))
@@ -118,12 +124,16 @@ class FastPredictions:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return None
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
         body = message.get("body", b"")
         if not message.get("more_body"):
             return body if len(body) <= self.limit else None
         chunks, total = [body], len(body)
         while message.get("more_body"):
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.limit:

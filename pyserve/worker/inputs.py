@@ -13,7 +13,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 
 class BadInput(ValueError):
@@ -29,7 +29,7 @@ def decode_value(content_type: str, value: bytes, decode_json: bool = True) -> A
     if content_type == "application/json" and decode_json:
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
             return value
     if content_type.startswith("text"):
         return value.decode("utf-8", errors="replace")
@@ -69,12 +69,14 @@ def _multipart_fields(boundary: bytes, body: bytes) -> list[tuple[str, str, byte
         fields.append((params[b"name"].decode("utf-8", errors="replace"),
                        media_type(content_type), bytes(data)))
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
     try:
+        # The constructor refuses a boundary over 256 bytes: inside the try, or one request
+        # with a long boundary would kill every worker it is tried on.
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_part_data": on_part_data, "on_part_end": on_part_end,
+        })
         parser.write(body)
         parser.finalize()
     except BadInput:
@@ -82,6 +84,9 @@ def _multipart_fields(boundary: bytes, body: bytes) -> list[tuple[str, str, byte
     except Exception as error:  # python-multipart raises several types for malformed input
         reason = error.args[0] if error.args else type(error).__name__
         raise BadInput(f"malformed multipart body: {reason}") from None
+    if body and parser.state != MultipartState.END:
+        # finalize() accepts a body cut short; its last part would be silently dropped.
+        raise BadInput("malformed multipart body: it ends before its closing boundary")
     return fields
 
 

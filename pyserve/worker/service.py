@@ -54,6 +54,11 @@ class Service:
             except BadInput as error:
                 answers[request["id"]] = _error(request, 400, str(error), "BadRequestException")
                 continue
+            except Exception:  # noqa: BLE001 - one unreadable request must not take the worker down
+                log.exception("reading request %s failed", request.get("request_id"))
+                answers[request["id"]] = _error(request, 500, "Failed to read the request",
+                                                "InternalServerException")
+                continue
             accepted.append(request)
             data.append(row)
             processors.append(RequestProcessor(headers))
@@ -85,7 +90,7 @@ class Service:
             return [_error(request, 503, "number of batch response mismatched") for request in requests]
         try:
             bodies = [encode_body(item) for item in outputs]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.exception("handler returned a value that cannot be serialised")
             return [_error(request, 503, "Unsupported model output data type.") for request in requests]
         if context.metrics is not None:
