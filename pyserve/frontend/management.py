@@ -1,9 +1,15 @@
 """The management API, at TorchServe's paths: register, scale, list, describe, unregister,
 set the default version.
 
-Parameters are parsed as TorchServe parses them: a non-integer count falls back to the
-default, and only "true" (any case) is true. Register and unregister answer 405 unless
-the model API is enabled, as in TorchServe 0.12.
+Parameters are parsed as TorchServe parses them: a non-integer count (Java's parseInt: one
+outside the 32-bit range is not an integer either) falls back to the default, and only
+"true" (any case) is true. Register and unregister answer 405 unless the model API is
+enabled, as in TorchServe 0.12.
+
+Bad input is refused with 400 where TorchServe would fail later or never: a JSON body whose
+values are not strings, numbers or booleans, a model name with "/" (no path could reach it),
+and a worker count above MAX_WORKERS (TorchServe tries to start them all; one request could
+start millions of processes).
 """
 
 from __future__ import annotations
@@ -20,22 +26,26 @@ from pyserve.engine.loading import RUNTIMES, RegisterOptions
 from pyserve.engine.models import ModelVersion
 from pyserve.errors import BadRequest, ServeError
 from pyserve.frontend.describe import describe_model
-from pyserve.frontend.http import MethodNotAllowed, json_response, listener_app, status_response
-from pyserve.frontend.openapi import management_api
+from pyserve.frontend.http import (NOT_FOUND, MethodNotAllowed, json_response, listener_app,
+                                   status_response)
+from pyserve.frontend.openapi import MAX_WORKERS, management_api
 from pyserve.frontend.tokens import AUTHENTICATION_FAILED, TokenKeys
 
 MAX_PAGE = 100
+INT_MIN, INT_MAX = -2**31, 2**31 - 1  # Java's int: TorchServe parses counts with parseInt
+REGISTER_PARAMETERS = ("url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay",
+                       "initial_workers", "synchronous", "response_timeout", "startup_timeout")
 
 
 def as_int(value, default: int | None) -> int | None:
     if isinstance(value, bool):
         return default
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return default
+    if not isinstance(value, int):
+        try:
+            value = int(str(value).strip())
+        except (TypeError, ValueError):  # also: more digits than Python converts
+            return default
+    return value if INT_MIN <= value <= INT_MAX else default
 
 
 def as_bool(value, default: bool) -> bool:
@@ -46,6 +56,15 @@ def as_bool(value, default: bool) -> bool:
     return str(value).strip().lower() == "true"
 
 
+def _json_parameter(name: str, value) -> str | None:
+    """A JSON body's value as the query string would carry it: scalars as text, null as absent."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)  # true, 5, 2.5: what Gson's getAsString gives TorchServe
+    raise BadRequest(f"Parameter {name} must be a string, a number or a boolean")
+
+
 async def _parameters(request: Request) -> dict:
     """Query parameters, overlaid by a JSON body's keys when the body is JSON."""
     params = dict(request.query_params)
@@ -54,12 +73,24 @@ async def _parameters(request: Request) -> dict:
         if body.strip():
             try:
                 document = json.loads(body)
-            except ValueError:
+            except ValueError:  # also UnicodeDecodeError: the body is not UTF-8
                 raise BadRequest("Request body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise BadRequest("Request body must be a JSON object")
-            params.update(document)
+            for name in REGISTER_PARAMETERS:  # other keys are ignored, as TorchServe does
+                if name in document:
+                    value = _json_parameter(name, document[name])
+                    if value is None:
+                        params.pop(name, None)
+                    else:
+                        params[name] = value
     return params
+
+
+def _worker_count(name: str, value: int) -> int:
+    if value > MAX_WORKERS:
+        raise BadRequest(f"{name} cannot be more than {MAX_WORKERS}.")
+    return value
 
 
 def management_app(engine: Engine, settings: Settings, version: str,
@@ -80,8 +111,13 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if runtime is not None and runtime not in RUNTIMES:
             raise BadRequest(f"Invalid RuntimeType value: {runtime}")
         initial_workers = as_int(params.get("initial_workers"), None)
+        if initial_workers is not None:
+            _worker_count("initial_workers", initial_workers)
+        model_name = params.get("model_name") or None
+        if model_name is not None and "/" in model_name:
+            raise BadRequest(f"Invalid model name: {model_name} (a model name cannot hold \"/\")")
         options = RegisterOptions(
-            model_name=params.get("model_name") or None,
+            model_name=model_name,
             handler=params.get("handler") or None,
             runtime=runtime,
             batch_size=as_int(params.get("batch_size"), None),
@@ -154,6 +190,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
             raise BadRequest("min_worker cannot be negative.")
         if max_worker < min_worker:
             raise BadRequest("max_worker cannot be less than min_worker.")
+        _worker_count("min_worker", min_worker)
         synchronous = as_bool(request.query_params.get("synchronous"), False)
         loaded = await engine.scale(model, min_worker, max_worker, synchronous)
         if not synchronous:
@@ -182,8 +219,10 @@ def management_app(engine: Engine, settings: Settings, version: str,
         return status_response(f'Default version successfully updated for model "{name}" to "{version}"')
 
     async def regenerate_token(request: Request) -> Response:
+        if tokens is None:  # TorchServe has no /token route while token authorization is off
+            raise ServeError(404, "ResourceNotFoundException", NOT_FOUND)
         kind = request.query_params.get("type")
-        if tokens is None or kind not in ("management", "inference"):
+        if kind not in ("management", "inference"):
             raise ServeError(400, "InvalidKeyException", AUTHENTICATION_FAILED)
         tokens.regenerate(kind)
         return json_response({})

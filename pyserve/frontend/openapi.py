@@ -5,6 +5,11 @@ body, status code and response body the server can produce, so that a fuzzer (sc
 check the server against it. Shared pieces (the error body, the status body, path parameters)
 live under `components` and are referred to by `$ref`.
 
+Integer and boolean query parameters of the management API are parsed as TorchServe parses
+them: a value that is not an integer (Java's 32-bit parseInt) means the parameter's default, and
+only "true" (any case) is true. Their schemas say what a client should send; the server does not
+refuse the rest (TorchServe's own tests send `limit=abc` and expect 200).
+
 Responses the server sends without a Content-Type (the handler's own answer, when it set none;
 413 with an empty body) are described without `content`: naming a media type there would claim
 a header the server does not send.
@@ -21,6 +26,11 @@ TOKEN_FAILED = "Token authorization is on and the key is missing, wrong or expir
 ERROR = {"$ref": "#/components/schemas/Error"}
 STATUS = {"$ref": "#/components/schemas/Status"}
 INTEGER = {"type": "integer"}
+INT32 = {"type": "integer", "format": "int32"}
+# The most workers one register or scale request may ask for (more: 400). Far above any real
+# deployment, far below a fork bomb; TorchServe has no limit and starts them all.
+MAX_WORKERS = 1024
+WORKERS = {"type": "integer", "format": "int32", "maximum": MAX_WORKERS}
 STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 
@@ -254,14 +264,18 @@ def inference_api(version: str) -> dict:
 
 # --- management ----------------------------------------------------------------------------
 
+MODEL_NAME_VALUE = {"type": "string", "pattern": "^[^/]*$"}  # a "/" would make it unreachable
+
+
 def _register_body() -> dict:
     properties = {
-        "url": STRING, "model_name": STRING, "handler": STRING,
+        "url": STRING, "model_name": MODEL_NAME_VALUE, "handler": STRING,
         "runtime": {"type": "string", "enum": ["python", "python3"]},
-        "batch_size": INTEGER, "max_batch_delay": INTEGER, "initial_workers": INTEGER,
-        "synchronous": BOOLEAN, "response_timeout": INTEGER, "startup_timeout": INTEGER,
+        "batch_size": INT32, "max_batch_delay": INT32, "initial_workers": WORKERS,
+        "synchronous": BOOLEAN, "response_timeout": INT32, "startup_timeout": INT32,
     }
-    return {"description": "The query parameters' keys as a JSON object; they override the query.",
+    return {"description": "The query parameters' keys as a JSON object; they override the query. "
+                           "Other keys are ignored; null means absent.",
             "required": False,
             "content": {JSON: {"schema": _object(properties, required=[])}}}
 
@@ -269,16 +283,16 @@ def _register_body() -> dict:
 def _register_parameters() -> list:
     return [
         query("url", STRING, "Archive file name or folder in the model store, or an allowed URL. "
-                             "Required, here or in the JSON body."),
-        query("model_name", STRING, "Overrides the manifest's model name."),
+                             "A JSON body's url overrides it.", required=True),
+        query("model_name", MODEL_NAME_VALUE, "Overrides the manifest's model name; no \"/\"."),
         query("handler", STRING, "Overrides the manifest's handler."),
         query("runtime", {"type": "string", "enum": ["python", "python3"]}, "Worker runtime."),
-        query("batch_size", INTEGER, "Largest batch."),
-        query("max_batch_delay", INTEGER, "Longest wait for a batch to fill, in ms."),
-        query("initial_workers", INTEGER, "Workers to start."),
+        query("batch_size", INT32, "Largest batch."),
+        query("max_batch_delay", INT32, "Longest wait for a batch to fill, in ms."),
+        query("initial_workers", WORKERS, f"Workers to start, at most {MAX_WORKERS}."),
         query("synchronous", {"type": "boolean", "default": True}, "Wait for the workers to start."),
-        query("response_timeout", INTEGER, "Seconds a worker may take to answer."),
-        query("startup_timeout", INTEGER, "Seconds a worker may take to load the model."),
+        query("response_timeout", INT32, "Seconds a worker may take to answer."),
+        query("startup_timeout", INT32, "Seconds a worker may take to load the model."),
     ]
 
 
@@ -286,10 +300,10 @@ def _model_operations(parameters: list, id_suffix: str, which: str) -> dict:
     """Describe, scale and unregister, at `/models/{model_name}` or `.../{model_version}`."""
     not_found = error("Model not found, or model version not found.")
     scale_parameters = [
-        query("min_worker", INTEGER, "Minimum number of workers."),
-        query("max_worker", INTEGER, "Maximum number of workers (default: min_worker)."),
+        query("min_worker", WORKERS, f"Minimum number of workers (default 1), at most {MAX_WORKERS}."),
+        query("max_worker", INT32, "Maximum number of workers (default: min_worker)."),
         query("synchronous", {"type": "boolean", "default": False}, "Wait for the workers."),
-        query("timeout", INTEGER, "Accepted and ignored."),
+        query("timeout", INT32, "Accepted and ignored."),
     ]
     if MODEL_VERSION not in parameters:  # no version in the path: the query may name one
         scale_parameters.append(query("model_version", STRING, "The version to scale."))
@@ -305,7 +319,8 @@ def _model_operations(parameters: list, id_suffix: str, which: str) -> dict:
             "200": status("Workers scaled (synchronous)."),
             "202": status("Processing worker updates... (asynchronous)."),
             "206": status("Workers scaling in progress..."),
-            "400": error("max_worker is less than min_worker, or min_worker is negative."),
+            "400": error("max_worker is less than min_worker, or min_worker is negative or more "
+                         f"than {MAX_WORKERS}."),
             "404": not_found,
             "500": error("Failed to start workers."),
         }, [*parameters, *scale_parameters]),
@@ -317,7 +332,7 @@ def _model_operations(parameters: list, id_suffix: str, which: str) -> dict:
             "405": error("The model API is disabled (enable_model_api)."),
             "408": error("Timed out while cleaning resources."),
         }, [*parameters, query("synchronous", BOOLEAN, "Accepted and ignored."),
-            query("timeout", INTEGER, "Accepted and ignored.")]),
+            query("timeout", INT32, "Accepted and ignored.")]),
     }
 
 
@@ -325,7 +340,9 @@ def management_api(version: str) -> dict:
     register_responses = {
         "200": status('Registered, e.g. Model "x" Version: 1.0 registered with 1 initial workers.'),
         "202": status("Processing worker updates... (asynchronous)."),
-        "400": error("Missing url, bad runtime, bad archive, or download failure."),
+        "400": error("Missing url, bad runtime, bad archive, download failure, a model name with "
+                     f"\"/\", more than {MAX_WORKERS} initial workers, or a JSON body that is not "
+                     "an object of strings, numbers and booleans."),
         "404": error("Archive not found, or URL not allowed."),
         "405": error("The model API is disabled (enable_model_api)."),
         "409": error("This model version is already registered."),
@@ -333,7 +350,8 @@ def management_api(version: str) -> dict:
         "507": error("Out of resources."),
     }
     list_parameters = [
-        query("limit", {"type": "integer", "default": 100}, "Page size (at most 100)."),
+        query("limit", {"type": "integer", "format": "int32", "default": 100},
+              "Page size (at most 100; more, less than 0 or not an integer: 100)."),
         query("next_page_token", STRING, "Offset of the page, an integer, from nextPageToken."),
     ]
     paths = {
@@ -360,6 +378,7 @@ def management_api(version: str) -> dict:
                 "200": json_response("Regenerated: an empty object.",
                                      {"type": "object", "additionalProperties": False}),
                 "400": error("Missing or invalid type, or a bad API key."),
+                "404": error("Token authorization is off: there is no key to regenerate."),
             }, [query("type", {"type": "string", "enum": ["management", "inference"]},
                       "Which key to regenerate.", required=True)]),
         },
