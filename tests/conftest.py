@@ -22,3 +22,11 @@ def model_store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
     return store
+
+
+@pytest.fixture(scope="session")
+def hazards_store(tmp_path_factory) -> Path:
+    """hazards.mar: echoes, or crashes, sleeps or answers big as the body asks."""
+    store = tmp_path_factory.mktemp("hazards_store")
+    archive_model(store, "hazards", Path(__file__).resolve().parent / "handlers" / "hazards.py")
+    return store

@@ -7,8 +7,10 @@ run time; readiness is learnt from the same pipe `pyserve start` waits on.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +145,23 @@ def start_server(
         raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")
     server.workers = child_pids(process.pid)
     return server
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    """Polls `condition` until it holds; fails the test if `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def take_completions(scheduler, until, timeout: float = 10.0) -> list:
+    """A scheduler's completions, waiting on its notify fd until `until(all taken so far)` holds."""
+    taken: list = []
+    deadline = time.monotonic() + timeout
+    while not until(taken):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out; got {taken}"
+        if select.select([scheduler.notify_fd], [], [], remaining)[0]:
+            taken += scheduler.take_completions()
+    return taken

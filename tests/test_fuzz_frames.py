@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import select
 import struct
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pyserve.worker.context import Context
 from pyserve.worker.loader import EntryPoint
 from pyserve.worker.metrics import Dimension, MetricsCache
 from pyserve.worker.service import Service
+
+from helpers import take_completions
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -540,16 +541,14 @@ def running_scheduler():
         scheduler.close()
 
 
-def wait_for(scheduler, until, timeout: float = 10.0) -> list:
-    """Completions, waiting on the notify fd until `until(all taken so far)` holds."""
-    taken: list = []
-    deadline = time.monotonic() + timeout
-    while not until(taken):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out; got {taken}"
-        if select.select([scheduler.notify_fd], [], [], remaining)[0]:
-            taken += scheduler.take_completions()
-    return taken
+def beside_a_healthy_worker(scheduler):
+    """Models 1 and 2; a loaded worker serves model 1, so harm done by model 2's shows."""
+    scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
+    scheduler.add_model(2, batch_size=1, max_batch_delay=0, max_queue_size=10)
+    workers = Workers(scheduler)
+    healthy, healthy_channel, _ = workers.add(1)
+    workers.load(healthy, healthy_channel)
+    return workers, healthy_channel
 
 
 class Workers:
@@ -568,7 +567,7 @@ class Workers:
 
     def load(self, worker_id: int, channel) -> None:
         channel.send(protocol.encode_loaded({"pid": os.getpid()}))
-        wait_for(self.scheduler, lambda got: (worker_id, protocol.LOADED) in [(w, k) for w, k, _ in got])
+        take_completions(self.scheduler, lambda got: (worker_id, protocol.LOADED) in [(w, k) for w, k, _ in got])
 
 
 def assert_round_trip(scheduler, channel, request_id: int) -> list:
@@ -579,7 +578,7 @@ def assert_round_trip(scheduler, channel, request_id: int) -> list:
     _, batch_id, requests = protocol.decode_request_frame(channel.receive(timeout=5))
     assert [request["id"] for request in requests] == [request_id]
     channel.send(protocol.encode_results(batch_id, True, [[request_id, 200, "", None, [], b"ok"]]))
-    got = wait_for(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
+    got = take_completions(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
     assert_frontend_can_read(next(frame for _, kind, frame in got if kind == protocol.RESULTS))
     return got
 
@@ -589,11 +588,7 @@ def assert_round_trip(scheduler, channel, request_id: int) -> list:
                       min_size=1, max_size=3))
 def test_a_worker_writing_garbage_is_reported_broken_and_the_scheduler_keeps_serving(frames):
     with running_scheduler() as scheduler:
-        scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
-        scheduler.add_model(2, batch_size=1, max_batch_delay=0, max_queue_size=10)
-        workers = Workers(scheduler)
-        healthy, healthy_channel, _ = workers.add(1)
-        workers.load(healthy, healthy_channel)
+        workers, healthy_channel = beside_a_healthy_worker(scheduler)
         garbler, channel, _ = workers.add(2)
         for frame in frames:
             channel.send(frame)
@@ -605,7 +600,7 @@ def test_a_worker_writing_garbage_is_reported_broken_and_the_scheduler_keeps_ser
                 expected.append(protocol.BROKEN)
                 break
             expected.append(decoded[0])
-        got = wait_for(scheduler, lambda got: [k for w, k, _ in got if w == garbler] == expected
+        got = take_completions(scheduler, lambda got: [k for w, k, _ in got if w == garbler] == expected
                        or protocol.BROKEN in [k for w, k, _ in got if w == garbler])
         assert [k for w, k, _ in got if w == garbler] == expected
         for worker_id, kind, frame in got:
@@ -621,11 +616,7 @@ def test_a_worker_writing_garbage_is_reported_broken_and_the_scheduler_keeps_ser
 def test_a_worker_scribbling_over_its_response_ring_cannot_crash_the_scheduler(writes):
     """Its ring's positions, frame headers and frames, overwritten at random in shared memory."""
     with running_scheduler() as scheduler:
-        scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
-        scheduler.add_model(2, batch_size=1, max_batch_delay=0, max_queue_size=10)
-        workers = Workers(scheduler)
-        healthy, healthy_channel, _ = workers.add(1)
-        workers.load(healthy, healthy_channel)
+        workers, healthy_channel = beside_a_healthy_worker(scheduler)
         scribbler, _, responses = workers.add(2)
         ring = _core.ShmRing.open(responses)  # writes frames without ringing the doorbell
         for _ in range(3):
@@ -652,7 +643,7 @@ def test_a_worker_process_exits_with_code_3_on_a_garbage_request_frame():
             cwd=ECHO_DIR, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:
-            wait_for(scheduler, lambda got: any(k == protocol.LOADED for _, k, _ in got), timeout=60)
+            take_completions(scheduler, lambda got: any(k == protocol.LOADED for _, k, _ in got), timeout=60)
             assert _core.ShmRing.open(requests).try_write(b"\x93\x02\xcf\x00\x01")  # a batch cut short
             assert process.wait(timeout=30) == 3
             assert b"giving up on the rings shared with the server" in process.stderr.read()

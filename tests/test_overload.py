@@ -5,27 +5,18 @@ from __future__ import annotations
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import archive_model, start_server
+from helpers import start_server, wait_until
 
-HAZARDS = Path(__file__).resolve().parent / "handlers" / "hazards.py"
 RESPONSE_LIMIT = 1000
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("overload_store")
-    archive_model(store, "hazards", HAZARDS)
-    return store
-
-
-@pytest.fixture(scope="module")
-def server(store, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("overload"), store, ["hazards=hazards.mar"],
+def server(hazards_store, tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("overload"), hazards_store, ["hazards=hazards.mar"],
                           default_workers_per_model=1, job_queue_size=2,
                           default_response_timeout=2, max_response_size=RESPONSE_LIMIT,
                           max_request_size=10_000)
@@ -42,18 +33,11 @@ def describe(server) -> dict:
     return httpx.get(f"{server.management_url}/models/hazards", timeout=30).json()[0]
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_a_full_queue_answers_503_at_once_with_retry_after(server):
     with ThreadPoolExecutor(4) as pool:
         # The worker holds two batches (one running, one in its ring); two more fill the queue.
         held = [pool.submit(predict, server, b"sleep:1.5") for _ in range(4)]
-        wait_for(lambda: describe(server)["jobQueueStatus"]["remainingCapacity"] == 0)
+        wait_until(lambda: describe(server)["jobQueueStatus"]["remainingCapacity"] == 0)
         refused = predict(server, b"one too many")
         assert not any(future.done() for future in held)  # refused while the queue was full
         assert refused.status_code == 503

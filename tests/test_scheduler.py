@@ -7,13 +7,14 @@ batch it sees went through the same path a worker process reads.
 from __future__ import annotations
 
 import os
-import select
 import time
 import uuid
 
 import pytest
 
 from pyserve import _core, protocol
+
+from helpers import take_completions
 
 LONG = 10_000  # ms: a max_batch_delay that never runs out within a test
 
@@ -23,18 +24,6 @@ def scheduler():
     scheduler = _core.Scheduler(f"/pyserve.test-{uuid.uuid4().hex[:12]}", 1 << 20)
     yield scheduler
     scheduler.close()
-
-
-def take(scheduler, until, timeout: float = 10.0) -> list:
-    """Completions, waiting on the notify fd until `until(all taken so far)` holds."""
-    taken = []
-    deadline = time.monotonic() + timeout
-    while not until(taken):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out; got {taken}"
-        if select.select([scheduler.notify_fd], [], [], remaining)[0]:
-            taken += scheduler.take_completions()
-    return taken
 
 
 class RingWorker:
@@ -49,7 +38,7 @@ class RingWorker:
 
     def load(self) -> None:
         self.channel.send(protocol.encode_loaded({"pid": os.getpid()}))
-        take(self.scheduler, lambda got: any(k == protocol.LOADED and w == self.id for w, k, _ in got))
+        take_completions(self.scheduler, lambda got: any(k == protocol.LOADED and w == self.id for w, k, _ in got))
 
     def next_batch(self, timeout: float = 5.0):
         frame = self.channel.receive(timeout=timeout)
@@ -161,7 +150,7 @@ def test_answers_reach_python_through_the_notify_fd(scheduler):
     submit(scheduler, 7)
     batch_id, ids = worker.next_batch()
     worker.answer(batch_id, ids)
-    got = take(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
+    got = take_completions(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
     (worker_id, kind, frame), = got
     assert (worker_id, kind) == (1, protocol.RESULTS)
     assert protocol.unpack(frame)[3][0][0] == 7
@@ -220,7 +209,7 @@ def test_running_batch_seconds_counts_from_when_the_batch_started(scheduler):
     time.sleep(0.05)
     assert scheduler.running_batch_seconds(1) >= 0.05
     worker.answer(batch_id, ids)
-    take(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
+    take_completions(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
     assert scheduler.running_batch_seconds(1) < 0
 
 
@@ -232,7 +221,7 @@ def test_answers_written_just_before_death_still_count(scheduler):
     worker.answer(batch_id, ids)
     assert scheduler.worker_exited(1) == ([], [])
     assert scheduler.queued(1) == 0
-    got = take(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
+    got = take_completions(scheduler, lambda got: any(k == protocol.RESULTS for _, k, _ in got))
     assert protocol.unpack(got[-1][2])[3][0][0] == 1
 
 
@@ -276,7 +265,7 @@ def test_unreadable_frames_mark_the_worker_broken(scheduler):
     scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
     worker = loaded_worker(scheduler)
     worker.channel.send(b"\xc1 not msgpack")
-    got = take(scheduler, lambda got: any(k == protocol.BROKEN for _, k, _ in got))
+    got = take_completions(scheduler, lambda got: any(k == protocol.BROKEN for _, k, _ in got))
     assert got[-1][0] == 1
     submit(scheduler, 1)
     assert worker.next_batch(timeout=0.3) is None  # a broken worker gets no batches

@@ -9,18 +9,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from helpers import archive_model, child_pids, pid_alive, shm_segments, start_server
-
-HAZARDS = Path(__file__).resolve().parent / "handlers" / "hazards.py"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("shutdown_store")
-    archive_model(store, "hazards", HAZARDS)
-    return store
+from helpers import child_pids, pid_alive, shm_segments, start_server, wait_until
 
 
 def predict_later(server, body: bytes, answers: list) -> threading.Thread:
@@ -36,13 +26,6 @@ def predict_later(server, body: bytes, answers: list) -> threading.Thread:
     return thread
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def mkdir(path: Path) -> Path:
     path.mkdir()
     return path
@@ -52,8 +35,8 @@ def segments_of(pid: int) -> set[str]:
     return {name for name in shm_segments() if name.startswith(f"pyserve.{pid}.")}
 
 
-def test_sigterm_lets_in_flight_requests_finish(store, tmp_path):
-    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=1)
+def test_sigterm_lets_in_flight_requests_finish(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=1)
     workers = child_pids(server.process.pid)
     answers: list = []
     thread = predict_later(server, b"sleep:1", answers)
@@ -65,8 +48,8 @@ def test_sigterm_lets_in_flight_requests_finish(store, tmp_path):
     assert not segments_of(server.process.pid)
 
 
-def test_sigterm_waits_no_longer_than_graceful_shutdown_timeout(store, tmp_path):
-    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=1,
+def test_sigterm_waits_no_longer_than_graceful_shutdown_timeout(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=1,
                           graceful_shutdown_timeout=1)
     workers = child_pids(server.process.pid)
     answers: list = []
@@ -75,30 +58,30 @@ def test_sigterm_waits_no_longer_than_graceful_shutdown_timeout(store, tmp_path)
     assert server.stop(timeout=60) == 0  # well before the handler's 120 s
     thread.join()
     assert not isinstance(answers[0], httpx.Response) or answers[0].status_code != 200
-    wait_for(lambda: not [pid for pid in workers if pid_alive(pid)])
+    wait_until(lambda: not [pid for pid in workers if pid_alive(pid)])
     assert not segments_of(server.process.pid)
 
 
-def test_workers_exit_when_the_server_is_killed(store, tmp_path):
-    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=2)
+def test_workers_exit_when_the_server_is_killed(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=2)
     workers = child_pids(server.process.pid)
     assert len(workers) == 2
     server.process.send_signal(signal.SIGKILL)
     server.process.wait()
-    wait_for(lambda: not [pid for pid in workers if pid_alive(pid)], timeout=10)
+    wait_until(lambda: not [pid for pid in workers if pid_alive(pid)], timeout=10)
     leftovers = segments_of(server.process.pid)
     assert leftovers  # SIGKILL gave the server no chance to clean up...
     for name in leftovers:  # ...so the next test's leak check would see them, unless removed
         os.unlink(f"/dev/shm/{name}")
 
 
-def test_the_next_start_removes_segments_of_a_killed_server(store, tmp_path):
-    killed = start_server(mkdir(tmp_path / "first"), store, ["hazards=hazards.mar"],
+def test_the_next_start_removes_segments_of_a_killed_server(hazards_store, tmp_path):
+    killed = start_server(mkdir(tmp_path / "first"), hazards_store, ["hazards=hazards.mar"],
                           default_workers_per_model=1)
     killed.process.send_signal(signal.SIGKILL)
     killed.process.wait()
     assert segments_of(killed.process.pid)
-    successor = start_server(mkdir(tmp_path / "second"), store, ["hazards=hazards.mar"],
+    successor = start_server(mkdir(tmp_path / "second"), hazards_store, ["hazards=hazards.mar"],
                              default_workers_per_model=1)
     try:
         assert not segments_of(killed.process.pid)
@@ -107,12 +90,12 @@ def test_the_next_start_removes_segments_of_a_killed_server(store, tmp_path):
     assert not segments_of(successor.process.pid)
 
 
-def test_segments_of_a_live_server_are_left_alone(store, tmp_path):
-    running = start_server(mkdir(tmp_path / "first"), store, ["hazards=hazards.mar"],
+def test_segments_of_a_live_server_are_left_alone(hazards_store, tmp_path):
+    running = start_server(mkdir(tmp_path / "first"), hazards_store, ["hazards=hazards.mar"],
                            default_workers_per_model=1)
     try:
         mine = segments_of(running.process.pid)
-        other = start_server(mkdir(tmp_path / "second"), store, ["hazards=hazards.mar"],
+        other = start_server(mkdir(tmp_path / "second"), hazards_store, ["hazards=hazards.mar"],
                              default_workers_per_model=1)
         other.stop()
         assert segments_of(running.process.pid) == mine

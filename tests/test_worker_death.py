@@ -8,29 +8,20 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import archive_model, child_pids, pid_alive, start_server
+from helpers import child_pids, pid_alive, start_server, wait_until
 
-HAZARDS = Path(__file__).resolve().parent / "handlers" / "hazards.py"
 CLIENTS = 4
 REQUESTS = 3000
 KILL_EVERY_SECONDS = 1.0
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("death_store")
-    archive_model(store, "hazards", HAZARDS)
-    return store
-
-
 @pytest.fixture
-def server(store, tmp_path):
-    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=2)
+def server(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=2)
     yield server
     server.stop()
 
@@ -41,13 +32,6 @@ def describe(server) -> dict:
 
 def ready_worker_pids(server) -> list[int]:
     return [w["pid"] for w in describe(server)["workers"] if w["status"] == "READY"]
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def predict(client: httpx.Client, body: bytes) -> httpx.Response:
@@ -97,27 +81,27 @@ def test_a_request_that_kills_two_workers_gets_a_clear_error(server):
         assert answer.status_code == 500
         assert answer.json()["type"] == "InternalServerException"
         assert "retried" in answer.json()["message"]
-        wait_for(lambda: len(ready_worker_pids(server)) == 2)
+        wait_until(lambda: len(ready_worker_pids(server)) == 2)
         assert predict(client, b"still here").content == b"still here"
 
 
 def test_a_dead_worker_is_noticed_at_once_and_restarted(server):
     victim = ready_worker_pids(server)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: describe(server)["restarts"] == 1, timeout=10)
-    wait_for(lambda: len(ready_worker_pids(server)) == 2)
+    wait_until(lambda: describe(server)["restarts"] == 1, timeout=10)
+    wait_until(lambda: len(ready_worker_pids(server)) == 2)
     assert victim not in ready_worker_pids(server)
 
 
-def test_restarts_back_off_when_workers_keep_dying(store, tmp_path):
-    server = start_server(tmp_path, store, ["hazards=hazards.mar"], default_workers_per_model=1)
+def test_restarts_back_off_when_workers_keep_dying(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=1)
     try:
         gaps = []
         for _ in range(4):
             (victim,) = ready_worker_pids(server)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            wait_for(lambda: ready_worker_pids(server) not in ([], [victim]))
+            wait_until(lambda: ready_worker_pids(server) not in ([], [victim]))
             gaps.append(time.monotonic() - killed)
         # Fibonacci back-off 1, 1, 2, 3 s: a delay is a lower bound, whatever the machine's load.
         assert [gap >= floor for gap, floor in zip(gaps, (1, 1, 2, 3))] == [True] * 4
