@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, archive_model, shm_segments
+from helpers import EXAMPLES, archive_model, shm_segments, start_server
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +30,11 @@ def hazards_store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("hazards_store")
     archive_model(store, "hazards", Path(__file__).resolve().parent / "handlers" / "hazards.py")
     return store
+
+
+@pytest.fixture(scope="module")
+def echo_server(model_store, tmp_path_factory):
+    """A pyserve serving echo.mar, shared by one test module."""
+    server = start_server(tmp_path_factory.mktemp("echo"), model_store, ["echo=echo.mar"])
+    yield server
+    server.stop()

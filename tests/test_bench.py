@@ -9,16 +9,9 @@ import sys
 import pytest
 from PIL import Image
 
-from helpers import free_port, start_server
+from helpers import free_port
 
 RUN_LIMIT = 180
-
-
-@pytest.fixture(scope="module")
-def echo_server(model_store, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("bench"), model_store, ["echo=echo.mar"])
-    yield server
-    server.stop()
 
 
 @pytest.fixture

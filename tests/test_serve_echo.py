@@ -23,13 +23,6 @@ from helpers import (
 HANDLERS = os.path.join(os.path.dirname(__file__), "handlers")
 
 
-@pytest.fixture(scope="module")
-def echo_server(model_store, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("echo"), model_store, ["echo=echo.mar"])
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client(echo_server):
     with httpx.Client(base_url=echo_server.inference_url, timeout=30) as client:
