@@ -160,6 +160,29 @@ def test_register_a_url_outside_allowed_urls_is_refused(api):
     assert "does not match any allowed URL" in response.json()["message"]
 
 
+def test_register_an_absolute_path_outside_the_store_is_refused(api, store, tmp_path):
+    outside = tmp_path / "outside.mar"
+    shutil.copy(store / "gamma.mar", outside)
+    response = api.post("/models", params={"url": str(outside), "model_name": "outside"})
+    assert response.status_code == 404
+    assert "outside the model store" in response.json()["message"]
+    assert api.get("/models/outside").status_code == 404
+
+
+def test_an_absolute_path_matching_allowed_urls_as_file_url_is_registered(store, tmp_path):
+    outside = tmp_path / "outside" / "far.mar"
+    outside.parent.mkdir()
+    shutil.copy(store / "gamma.mar", outside)
+    server = start_server(tmp_path, store, [], enable_model_api="true",
+                          allowed_urls=f"file://{outside.parent}/.*")
+    try:
+        response = httpx.post(f"{server.management_url}/models",
+                              params={"url": str(outside), "model_name": "far"}, timeout=120)
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def web_server(store, tmp_path):
     """A real HTTP server on loopback that serves a copy of one archive."""

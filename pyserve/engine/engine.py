@@ -94,7 +94,8 @@ class Engine:
             default_worker_count() if loaded_at_startup else 1
         )
         model = await prepare(url, options or RegisterOptions(), self.settings, self._extract_root,
-                              next(self._model_ids), default_workers, self.models)
+                              next(self._model_ids), default_workers, self.models,
+                              from_api=not loaded_at_startup)
         model.loaded_at_startup = loaded_at_startup
         config = model.config
         if config.device_type is None:

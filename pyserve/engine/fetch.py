@@ -31,9 +31,9 @@ def is_url(url: str) -> bool:
     return urlsplit(url).scheme in ("file", "http", "https")
 
 
-def _check_allowed(url: str, allowed_urls: list[str]) -> None:
-    if not any(re.fullmatch(pattern, url) for pattern in allowed_urls):
-        raise ModelNotFound(f"Given URL {url} does not match any allowed URL(s)")
+def url_allowed(url: str, allowed_urls: list[str]) -> bool:
+    """Whether one of the allowed_urls patterns matches the whole URL."""
+    return any(re.fullmatch(pattern, url) for pattern in allowed_urls)
 
 
 def _download(url: str, target: Path) -> None:
@@ -50,7 +50,8 @@ def _download(url: str, target: Path) -> None:
 
 async def fetch(url: str, allowed_urls: list[str], model_store: str | None) -> tuple[Path, bool]:
     """The local archive or folder for `url`, and whether pyserve downloaded it."""
-    _check_allowed(url, allowed_urls)
+    if not url_allowed(url, allowed_urls):
+        raise ModelNotFound(f"Given URL {url} does not match any allowed URL(s)")
     parts = urlsplit(url)
     if parts.scheme == "file":
         path = Path(unquote(parts.path))

@@ -24,7 +24,7 @@ import yaml
 
 from pyserve import archive
 from pyserve.config import Settings
-from pyserve.engine.fetch import fetch, is_url
+from pyserve.engine.fetch import fetch, is_url, url_allowed
 from pyserve.engine.models import ModelConfig, ModelVersion
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
 
@@ -47,8 +47,13 @@ class RegisterOptions:
     startup_timeout: int | None = None
 
 
-async def resolve_source(url: str, settings: Settings) -> tuple[Path, bool]:
-    """A url given at registration -> (the archive or folder it names, downloaded by us?)."""
+async def resolve_source(url: str, settings: Settings, from_api: bool = True) -> tuple[Path, bool]:
+    """A url given at registration -> (the archive or folder it names, downloaded by us?).
+
+    Through the API, an absolute path outside the model store is held to allowed_urls as the
+    file:// URL it is: otherwise whoever reaches the management API could serve (and run the
+    handler of) any folder on the host. Paths given on the command line are the operator's.
+    """
     if not url:
         raise ModelNotFound("empty url")
     if is_url(url):
@@ -62,7 +67,16 @@ async def resolve_source(url: str, settings: Settings) -> tuple[Path, bool]:
         path = Path(settings.model_store) / url
     if not path.exists():
         raise ModelNotFound(f"Model not found at: {url}")
+    if from_api and not _in_model_store(path, settings.model_store):
+        as_url = path.resolve().as_uri()
+        if not url_allowed(as_url, settings.allowed_urls):
+            raise ModelNotFound(f"Model path {url} is outside the model store and {as_url} "
+                                "does not match any allowed URL(s)")
     return path, False
+
+
+def _in_model_store(path: Path, model_store: str | None) -> bool:
+    return model_store is not None and path.resolve().is_relative_to(Path(model_store).resolve())
 
 
 def inside_model(model_dir: Path, name: str, what: str) -> Path:
@@ -168,9 +182,10 @@ async def prepare(
     core_id: int,
     default_workers: int,
     registered: dict[str, dict[str, ModelVersion]],
+    from_api: bool = True,
 ) -> ModelVersion:
     """Everything a registration does before workers start; cleans up after itself on error."""
-    source, downloaded = await resolve_source(url, settings)
+    source, downloaded = await resolve_source(url, settings, from_api)
     unpacked = extract_root / uuid.uuid4().hex
     try:
         model_dir = await asyncio.to_thread(archive.extract, source, unpacked)
