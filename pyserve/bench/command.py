@@ -191,25 +191,32 @@ def _share(requests: int | None, rounds: int, index: int) -> int | None:
 
 
 def _print_table(report: dict) -> None:
+    """Targets are labelled in the table and spelled out under it: URLs are too wide for a row."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="pyserve bench")
+    table = Table(title="pyserve bench", box=None, padding=(0, 1), header_style="bold")
     for column in ("target", "conns", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
                    "errors"):
-        table.add_column(column, justify="left" if column == "target" else "right")
-    for result in report["results"]:
+        table.add_column(column, justify="left" if column in ("target", "errors") else "right",
+                         no_wrap=column != "errors")
+    labels = ["target", "compare"]
+    for label, result in zip(labels, report["results"]):
         latency = result["latency_ms"]
         failures = {**{k: v for k, v in result["statuses"].items() if not k.startswith("2")},
                     **result["errors"]}
-        table.add_row(result["target"], str(result["connections"]), f"{result['requests']:,}",
+        table.add_row(label, str(result["connections"]), f"{result['requests']:,}",
                       f"{result['requests_per_second']:,.0f}", f"{latency['p50']:.3f}",
                       f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['max']:.3f}",
                       ", ".join(f"{k}: {v}" for k, v in failures.items()) or "-")
     if "ratios" in report:
         measured = report["ratios"]
-        table.add_row("ratio (target / compare)", "", "", f"{measured['requests_per_second']:.2f}",
+        table.add_row("ratio", "", "", f"{measured['requests_per_second']:.2f}",
                       f"{measured['p50']:.2f}", f"{measured['p90']:.2f}", f"{measured['p99']:.2f}",
                       "", "")
-    # Piped output keeps whole URLs on one line instead of wrapping them at 80 columns.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console()
+    console.print(table)
+    for label, result in zip(labels, report["results"]):
+        console.print(f"{label}: {result['target']}", soft_wrap=True)
+    if "ratios" in report:
+        console.print("ratio: target / compare", soft_wrap=True)
