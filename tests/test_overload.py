@@ -17,8 +17,7 @@ RESPONSE_LIMIT = 1000
 @pytest.fixture(scope="module")
 def server(hazards_store, tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("overload"), hazards_store, ["hazards=hazards.mar"],
-                          default_workers_per_model=1, job_queue_size=2,
-                          default_response_timeout=2, max_response_size=RESPONSE_LIMIT,
+                          default_workers_per_model=1, default_response_timeout=2, max_response_size=RESPONSE_LIMIT,
                           max_request_size=10_000)
     yield server
     server.stop()
@@ -33,18 +32,28 @@ def describe(server) -> dict:
     return httpx.get(f"{server.management_url}/models/hazards", timeout=30).json()[0]
 
 
-def test_a_full_queue_answers_503_at_once_with_retry_after(server):
+@pytest.fixture(scope="module")
+def small_queue(hazards_store, tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("small_queue"), hazards_store,
+                          ["hazards=hazards.mar"], default_workers_per_model=1, job_queue_size=2)
+    yield server
+    server.stop()
+
+
+def test_a_full_queue_answers_503_at_once_with_retry_after(small_queue):
     with ThreadPoolExecutor(4) as pool:
-        # The worker holds two batches (one running, one in its ring); two more fill the queue.
-        held = [pool.submit(predict, server, b"sleep:1.5") for _ in range(4)]
-        wait_until(lambda: describe(server)["jobQueueStatus"]["remainingCapacity"] == 0)
-        refused = predict(server, b"one too many")
-        assert not any(future.done() for future in held)  # refused while the queue was full
+        running = pool.submit(predict, small_queue, b"sleep:5")
+        time.sleep(0.5)
+        # One more waits in the worker's ring, two fill the queue.
+        waiting = [pool.submit(predict, small_queue, f"w{n}".encode()) for n in range(3)]
+        wait_until(lambda: describe(small_queue)["jobQueueStatus"]["remainingCapacity"] == 0)
+        refused = predict(small_queue, b"one too many")
+        assert not running.done()  # refused at once, not after the queue moved
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["type"] == "ServiceUnavailableException"
-        assert [future.result().status_code for future in held] == [200] * 4, [f.result().text for f in held]
-    assert predict(server, b"queue has room again").status_code == 200
+        assert [future.result().status_code for future in [running, *waiting]] == [200] * 4
+    assert predict(small_queue, b"queue has room again").status_code == 200
 
 
 def test_a_batch_over_response_timeout_is_answered_and_its_worker_restarted(server):
