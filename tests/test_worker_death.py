@@ -94,6 +94,21 @@ def test_a_dead_worker_is_noticed_at_once_and_restarted(server):
     assert victim not in ready_worker_pids(server)
 
 
+def test_requests_wait_for_a_worker_that_is_restarting(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"],
+                          default_workers_per_model=1)
+    try:
+        (victim,) = ready_worker_pids(server)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: describe(server)["restarts"] == 1)
+        with httpx.Client(base_url=server.inference_url, timeout=60) as client:
+            answer = predict(client, b"queued while no worker was alive")
+        assert answer.status_code == 200
+        assert answer.content == b"queued while no worker was alive"
+    finally:
+        server.stop()
+
+
 def test_restarts_back_off_when_workers_keep_dying(hazards_store, tmp_path):
     server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=1)
     try:

@@ -186,7 +186,7 @@ class Engine:
     def infer(
         self, model: ModelVersion, request_id: str, content_type: str, headers: list, body: bytes
     ) -> asyncio.Future:
-        if not model.live_workers():
+        if not model.can_serve():
             raise ServiceUnavailable(
                 f'Model "{model.name}" has no worker to serve inference request. '
                 "Please use scale workers API to add workers."

@@ -44,11 +44,16 @@ class ModelVersion:
     downloaded_archive: Path | None = None  # fetched into the model store by pyserve; deleted with it
     retired: bool = False  # being unregistered: no restarts, no new requests
     restarts: int = 0  # workers restarted after dying unexpectedly
+    pending_restarts: int = 0  # dead workers waiting out their back-off before restarting
     registered_at: float = field(default_factory=time.time)
     workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
 
     def live_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.alive]
+
+    def can_serve(self) -> bool:
+        """A worker is alive or coming back: requests may queue for it instead of being refused."""
+        return self.pending_restarts > 0 or bool(self.live_workers())
 
     def ready_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.ready]

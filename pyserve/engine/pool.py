@@ -190,11 +190,15 @@ class WorkerPool:
         if not expected and not model.retired and worker.load_error is None:
             model.restarts += 1
             self._schedule_restart(model, worker.id)
-        elif not model.live_workers() and not model.retired:
-            leftovers = self.core.scheduler.drain_queue(model.core_id)
-            self.core.fail(leftovers, 503, "ServiceUnavailableException",
-                           f'Model "{model.name}" has no worker to serve inference request. '
-                           "Please use scale workers API to add workers.")
+        elif not model.can_serve() and not model.retired:
+            self._refuse_queued(model)
+
+    def _refuse_queued(self, model: ModelVersion) -> None:
+        """No worker is alive or coming back: what the model queued would wait for ever."""
+        leftovers = self.core.scheduler.drain_queue(model.core_id)
+        self.core.fail(leftovers, 503, "ServiceUnavailableException",
+                       f'Model "{model.name}" has no worker to serve inference request. '
+                       "Please use scale workers API to add workers.")
 
     def _schedule_restart(self, model: ModelVersion, worker_id: int) -> None:
         attempt = self._restart_attempts.get(worker_id, 0)
@@ -203,7 +207,17 @@ class WorkerPool:
         log.info("restarting worker %s of %s:%s in %s s", worker_id, model.name, model.version, delay)
 
         def restart() -> None:
-            if not model.retired and not self.closing and len(model.live_workers()) < model.config.min_workers:
-                self.spawn(model, worker_id)
+            model.pending_restarts -= 1
+            if model.retired or self.closing:
+                return
+            if len(model.live_workers()) < model.config.min_workers:
+                try:
+                    self.spawn(model, worker_id)
+                except ServeError as error:
+                    log.error("cannot restart worker %s of %s:%s: %s", worker_id, model.name,
+                              model.version, error.message)
+            if not model.can_serve():
+                self._refuse_queued(model)
 
+        model.pending_restarts += 1
         self._loop.call_later(delay, restart)
