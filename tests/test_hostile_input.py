@@ -483,12 +483,28 @@ async def hello(scope, receive, send):
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+async def echo_body(scope, receive, send):
+    """Answers the whole body once it arrived; answers nothing if the client went away first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 @pytest.fixture
 def quick_listener():
-    """A listener like the server's, with a 0.5 s head timeout and a 4 KiB head limit."""
+    """A listener like the server's, with 0.5 s head and body timeouts and a 4 KiB head limit."""
     loop = asyncio.new_event_loop()
-    listener = make_listener(hello, "127.0.0.1:0", "test", max_request_head=4096,
-                             request_head_timeout=0.5)
+    listener = make_listener(route_by_method, "127.0.0.1:0", "test", max_request_head=4096,
+                             request_head_timeout=0.5, request_body_timeout=0.5)
     thread = threading.Thread(target=loop.run_until_complete, args=(listener.run_until_stopped(),))
     thread.start()
     deadline = time.monotonic() + 10
@@ -498,6 +514,27 @@ def quick_listener():
     listener.should_exit = True
     thread.join(10)
     loop.close()
+
+
+async def route_by_method(scope, receive, send):
+    await (echo_body if scope["method"] == "POST" else hello)(scope, receive, send)
+
+
+def test_a_body_that_stops_arriving_closes_the_connection(quick_listener):
+    with connect(quick_listener.port) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        reader = Reader(sock)
+        assert reader.response() is None  # closed, and the app never answered
+    assert exchange(quick_listener.port, request("POST", "/", b"whole"))[::2] == (200, b"whole")
+
+
+def test_a_body_that_keeps_arriving_slowly_is_not_cut_off(quick_listener):
+    with connect(quick_listener.port) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"slow":  # 1.2 s in all, each gap under the 0.5 s timeout
+            time.sleep(0.3)
+            sock.send(bytes([byte]))
+        assert Reader(sock).response()[::2] == (200, b"slow")
 
 
 def test_a_request_head_not_sent_in_time_is_answered_408(quick_listener):

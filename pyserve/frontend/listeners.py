@@ -11,6 +11,8 @@ trickling a byte at a time. BoundedHttpTools adds both limits: a head over
 MAX_REQUEST_HEAD bytes is answered 431 and the connection closed; a connection that has not
 sent a whole head within REQUEST_HEAD_TIMEOUT of opening it (or of the first partial head of a
 following request) is answered 408 and closed, or only closed if it sent nothing at all.
+A body that stops arriving (no bytes for REQUEST_BODY_TIMEOUT while the request is still
+incomplete) gets the connection closed, so the handler sees a disconnect and nothing runs.
 Idle keep-alive connections between requests are uvicorn's business (timeout_keep_alive).
 """
 
@@ -26,6 +28,7 @@ from pyserve.config import parse_address
 
 MAX_REQUEST_HEAD = 64 * 1024  # bytes; TorchServe (Netty's defaults) allows 4 KiB + 8 KiB
 REQUEST_HEAD_TIMEOUT = 60.0  # seconds, as nginx's client_header_timeout
+REQUEST_BODY_TIMEOUT = 60.0  # seconds between two reads of a body, as nginx's client_body_timeout
 
 
 class ListenerError(Exception):
@@ -50,6 +53,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     max_head = MAX_REQUEST_HEAD
     head_timeout = REQUEST_HEAD_TIMEOUT
+    body_timeout = REQUEST_BODY_TIMEOUT
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -59,9 +63,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._too_large = False
         self._heads = 0  # heads completed so far on this connection
         self._head_timer = None
+        self._in_body = False  # a head arrived and its body is not complete yet
+        self._body_read_at = 0.0  # loop time of the last bytes of the body being received
+        self._body_timer = None
         limits = getattr(self.config, "pyserve_head_limits", None)
         if limits is not None:
-            self.max_head, self.head_timeout = limits
+            self.max_head, self.head_timeout, self.body_timeout = limits
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -69,12 +76,19 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         in_head, heads = self._in_head, self._heads
         self._chunk = len(data)
         super().data_received(data)
+        if self._in_body:  # one float per chunk; the timer is armed once per slow body
+            self._body_read_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
         if not (in_head and self._in_head) or self._heads != heads or self.transport.is_closing():
             return  # the chunk ended a head or held body bytes: nothing to count or time
         self._head_bytes += len(data)
@@ -97,9 +111,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._heads += 1
         self._head_bytes = 0
         self._cancel_head_timer()
+        self._in_body = True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         super().on_message_complete()
         self._in_head = True  # the next bytes begin the next request: its timer starts with them
 
@@ -123,6 +139,16 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._head_bytes:
             self._refuse(408, "Request head not received in time.")
         else:  # nothing of a request arrived: no answer, which a client could take for its own
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_read_at
+        if idle < self.body_timeout:
+            self._body_timer = self.loop.call_later(self.body_timeout - idle, self._body_timed_out)
+        else:  # the handler gets http.disconnect and runs nothing
             self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
@@ -164,7 +190,8 @@ def bind(address: str, name: str) -> socket.socket:
 
 def make_listener(app, address: str, name: str, graceful_shutdown_timeout: int = 30,
                   max_request_head: int = MAX_REQUEST_HEAD,
-                  request_head_timeout: float = REQUEST_HEAD_TIMEOUT) -> Listener:
+                  request_head_timeout: float = REQUEST_HEAD_TIMEOUT,
+                  request_body_timeout: float = REQUEST_BODY_TIMEOUT) -> Listener:
     sock = bind(address, name)
     config = uvicorn.Config(
         app,
@@ -179,5 +206,5 @@ def make_listener(app, address: str, name: str, graceful_shutdown_timeout: int =
         proxy_headers=False,
         timeout_graceful_shutdown=graceful_shutdown_timeout,
     )
-    config.pyserve_head_limits = (max_request_head, request_head_timeout)
+    config.pyserve_head_limits = (max_request_head, request_head_timeout, request_body_timeout)
     return Listener(config, sock)
