@@ -116,6 +116,12 @@ def test_a_target_that_is_neither_url_nor_file_is_a_clear_error(tmp_path):
     assert "neither a URL nor an archive" in finished.stderr
 
 
+def test_an_https_target_is_refused_clearly():
+    finished = bench("https://127.0.0.1:1/predictions/echo", "-n", "5")
+    assert finished.returncode != 0
+    assert "https is not supported" in finished.stderr
+
+
 def test_fewer_requests_than_rounds_are_refused(echo_url):
     finished = bench(echo_url, "-n", "1", "--rounds", "2")
     assert finished.returncode != 0

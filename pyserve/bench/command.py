@@ -58,7 +58,8 @@ def add_bench_parser(commands) -> None:
                        help="workers per model when serving an archive given as TARGET")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument("--histogram", type=Path, metavar="FILE.png",
-                       help="also draw the latency histogram into this PNG (needs Pillow)")
+                       help="also draw the latency histogram into this PNG (needs Pillow: "
+                            "pip install 'pyserve[bench]')")
     bench.set_defaults(handler=run_bench)
 
 
@@ -86,7 +87,9 @@ def _headers(pairs: list[str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _url(target: str, workers: int | None):
-    if target.startswith(("http://", "https://")):
+    if target.startswith("https://"):
+        raise SystemExit(f"{target}: pyserve bench speaks plain HTTP/1.1; https is not supported")
+    if target.startswith("http://"):
         yield target
         return
     from pyserve.bench.serving import served
