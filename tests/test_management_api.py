@@ -246,6 +246,13 @@ def test_list_treats_bad_paging_values_as_defaults(api):
     assert {"modelName": "echo", "modelUrl": "echo.mar"} in listing["models"]
 
 
+def test_a_repeated_query_parameter_takes_its_first_value(registered, api):
+    for name in ("alpha", "beta"):
+        registered(f"{name}.mar", initial_workers=0)
+    listing = api.get("/models?limit=1&limit=3").json()
+    assert len(listing["models"]) == 1
+
+
 def test_describe_has_torchserves_fields_in_order(api):
     described = api.get("/models/echo").json()
     assert isinstance(described, list) and len(described) == 1

@@ -65,9 +65,18 @@ def _json_parameter(name: str, value) -> str | None:
     raise BadRequest(f"Parameter {name} must be a string, a number or a boolean")
 
 
+def query(request: Request) -> dict[str, str]:
+    """The query string's parameters, the first value of each as TorchServe reads them
+    (Starlette's own mapping keeps the last)."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        params.setdefault(name, value)
+    return params
+
+
 async def _parameters(request: Request) -> dict:
     """Query parameters, overlaid by a JSON body's keys when the body is JSON."""
-    params = dict(request.query_params)
+    params = query(request)
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
         body = await request.body()
         if body.strip():
@@ -137,9 +146,10 @@ def management_app(engine: Engine, settings: Settings, version: str,
         return status_response(message)
 
     def list_models(request: Request) -> Response:
-        limit = as_int(request.query_params.get("limit"), MAX_PAGE)
+        params = query(request)
+        limit = as_int(params.get("limit"), MAX_PAGE)
         limit = MAX_PAGE if limit > MAX_PAGE or limit < 0 else limit
-        offset = max(as_int(request.query_params.get("next_page_token"), 0), 0)
+        offset = max(as_int(params.get("next_page_token"), 0), 0)
         names = sorted(engine.models)
         page = names[offset:offset + limit]
         listing: dict = {}
@@ -154,7 +164,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if request.method == "GET":
             return await describe(request, name, version)
         if request.method == "PUT":
-            return await scale(request, name, version or request.query_params.get("model_version"))
+            return await scale(request, name, version or query(request).get("model_version"))
         return await unregister(name, version)
 
     async def describe(request: Request, name: str, version: str | None) -> Response:
@@ -165,7 +175,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
             versions = [engine.model(name, version)]
         described = [describe_model(model, engine.core.scheduler.queued(model.core_id))
                      for model in versions]
-        if as_bool(request.query_params.get("customized"), False):
+        if as_bool(query(request).get("customized"), False):
             for model, entry in zip(versions, described):
                 entry["customizedMetadata"] = await custom_metadata(model)
         return json_response(described)
@@ -184,14 +194,15 @@ def management_app(engine: Engine, settings: Settings, version: str,
 
     async def scale(request: Request, name: str, version: str | None) -> Response:
         model = engine.model(name, version)
-        min_worker = as_int(request.query_params.get("min_worker"), 1)
-        max_worker = as_int(request.query_params.get("max_worker"), min_worker)
+        params = query(request)
+        min_worker = as_int(params.get("min_worker"), 1)
+        max_worker = as_int(params.get("max_worker"), min_worker)
         if min_worker < 0:
             raise BadRequest("min_worker cannot be negative.")
         if max_worker < min_worker:
             raise BadRequest("max_worker cannot be less than min_worker.")
         _worker_count("min_worker", min_worker)
-        synchronous = as_bool(request.query_params.get("synchronous"), False)
+        synchronous = as_bool(params.get("synchronous"), False)
         loaded = await engine.scale(model, min_worker, max_worker, synchronous)
         if not synchronous:
             return status_response("Processing worker updates...", 202)
@@ -221,7 +232,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
     async def regenerate_token(request: Request) -> Response:
         if tokens is None:  # TorchServe has no /token route while token authorization is off
             raise ServeError(404, "ResourceNotFoundException", NOT_FOUND)
-        kind = request.query_params.get("type")
+        kind = query(request).get("type")
         if kind not in ("management", "inference"):
             raise ServeError(400, "InvalidKeyException", AUTHENTICATION_FAILED)
         tokens.regenerate(kind)
