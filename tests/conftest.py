@@ -1,19 +1,35 @@
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, archive_model, shm_segments, start_server
+from helpers import EXAMPLES, archive_model, child_pids, pid_alive, shm_segments, start_server
+
+EXIT_GRACE_SECONDS = 10
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_segments():
-    """Every test must leave /dev/shm as it found it."""
-    before = shm_segments()
+def no_leaked_segments_or_processes():
+    """Every test must leave /dev/shm as it found it, and no process of its own running.
+
+    Processes are this pytest's children (servers, tools): a server's workers die with it,
+    which tests/test_shutdown.py shows.
+    """
+    segments, children = shm_segments(), live_children()
     yield
-    leaked = shm_segments() - before
+    leaked = shm_segments() - segments
     assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
+    deadline = time.monotonic() + EXIT_GRACE_SECONDS
+    while (left := live_children() - children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left running: {sorted(left)}"
+
+
+def live_children() -> set[int]:
+    return {pid for pid in child_pids(os.getpid()) if pid_alive(pid)}
 
 
 @pytest.fixture(scope="session")
