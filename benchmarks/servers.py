@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyserve.control import free_ports
+from pyserve.processes import alive, cpu_seconds, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHSERVE_VENV = ROOT / "benchmarks" / ".torchserve-venv"
 START_TIMEOUT = 180
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def build_archives(store: Path) -> None:
@@ -40,38 +40,6 @@ def build_archives(store: Path) -> None:
                     str(examples / "mlp" / "mlp_handler.py"), "--serialized-file",
                     str(store / "mlp.pt"), "--config-file",
                     str(examples / "mlp" / "model-config.yaml"), *common], check=True)
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        pending.extend(children.get(current, []))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes, so far."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:
@@ -105,7 +73,7 @@ class Server:
         return f"http://127.0.0.1:{self.inference_port}/predictions/{model}"
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(descendants(self.process.pid))
+        return cpu_seconds(descendants(self.process.pid))  # frontend and workers
 
     def wait_first_prediction(self, started: float, model: str, body: bytes,
                               content_type: str) -> None:
@@ -152,13 +120,6 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _listeners(ports: list[int]) -> str:

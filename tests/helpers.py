@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyserve.control import free_ports, spawn_server
+from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
+from pyserve.processes import children as child_pids  # noqa: F401 - likewise
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 READY_TIMEOUT = 120
@@ -26,28 +28,6 @@ def free_port() -> int:
 
 def shm_segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("pyserve.")}
-
-
-def child_pids(pid: int) -> set[int]:
-    children = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                children.add(int(entry))
-    return children
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def archive_model(

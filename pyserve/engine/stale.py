@@ -11,18 +11,12 @@ import logging
 import os
 import re
 
+from pyserve.processes import is_pyserve
+
 log = logging.getLogger("pyserve.engine")
 
 SHM_DIR = "/dev/shm"
 SEGMENT = re.compile(r"pyserve\.(\d+)\.")
-
-
-def _is_pyserve(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"pyserve" in cmdline.read()
-    except OSError:
-        return False
 
 
 def remove_stale_segments(directory: str = SHM_DIR) -> list[str]:
@@ -34,7 +28,7 @@ def remove_stale_segments(directory: str = SHM_DIR) -> list[str]:
         return removed
     for name in names:
         match = SEGMENT.match(name)
-        if not match or int(match.group(1)) == os.getpid() or _is_pyserve(int(match.group(1))):
+        if not match or int(match.group(1)) == os.getpid() or is_pyserve(int(match.group(1))):
             continue
         path = os.path.join(directory, name)
         try:
