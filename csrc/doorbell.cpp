@@ -32,7 +32,7 @@ void Doorbell::ring() {
 }
 
 bool Doorbell::wait(uint32_t seen, const Deadline& deadline, std::chrono::nanoseconds spin) {
-    if (spin_until([&] { return control_->seq.load() != seen; }, spin)) return true;
+    if (spin_until([&] { return control_->seq.load() != seen; }, spin, deadline)) return true;
     control_->sleeping.store(1);
     bool in_time = true;
     if (control_->seq.load() == seen) in_time = futex_wait(control_->seq, seen, deadline);

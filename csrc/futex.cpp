@@ -1,7 +1,6 @@
 #include "futex.hpp"
 
 #include <linux/futex.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -36,16 +35,6 @@ bool futex_wait(std::atomic<uint32_t>& word, uint32_t expected, const Deadline& 
 void futex_wake(std::atomic<uint32_t>& word, int count) {
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE, count, nullptr, nullptr, 0);
 }
-
-void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield" ::: "memory");
-#endif
-}
-
-void yield_core() { sched_yield(); }
 
 Deadline deadline_after(double seconds) {
     if (seconds < 0) return std::nullopt;

@@ -4,6 +4,9 @@
 // syscall, and let the writer skip the syscall entirely when nobody sleeps.
 #pragma once
 
+#include <sched.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -29,22 +32,27 @@ Deadline deadline_after(double seconds);
 // busy server usually arrives well within this window.
 constexpr std::chrono::nanoseconds kDefaultSpin = std::chrono::microseconds(50);
 
-// Tells the CPU this is a spin loop (less power, no memory-order mis-speculation).
-void cpu_relax();
+// Tells the CPU this is a spin loop (less power, no memory-order mis-speculation). Inline:
+// the spin loop below calls it sixteen times a round.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
 
-// Yields the core, so a runnable thread on it is never held up by our spinning.
-void yield_core();
-
-// Checks `ready` until it holds or `spin` has passed. Returns whether it held. Every round
-// yields the core: spinning only uses time no other thread wants.
+// Checks `ready` until it holds, `spin` has passed or `deadline` came. Returns whether it
+// held. Every round yields the core: spinning only uses time no other thread wants.
 template <typename Ready>
-bool spin_until(Ready&& ready, std::chrono::nanoseconds spin) {
+bool spin_until(Ready&& ready, std::chrono::nanoseconds spin, const Deadline& deadline) {
     if (spin.count() <= 0) return false;
-    const auto until = Clock::now() + spin;
+    auto until = Clock::now() + spin;
+    if (deadline) until = std::min(until, *deadline);  // a due max_batch_delay is not held up
     do {
         if (ready()) return true;
         for (int i = 0; i < 16; ++i) cpu_relax();
-        yield_core();
+        sched_yield();
     } while (Clock::now() < until);
     return ready();
 }

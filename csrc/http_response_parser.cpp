@@ -224,7 +224,4 @@ bool ResponseParser::parse_chunk_size() {
     return true;
 }
 
-// Connections on one list wait the same span from the moment they are added, so adding at
-// the back keeps the list in deadline order: the front is always the next to expire.
-
 }  // namespace pyserve

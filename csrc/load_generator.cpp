@@ -19,7 +19,6 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
-#include <string_view>
 #include <system_error>
 
 namespace pyserve {
@@ -64,6 +63,8 @@ struct Connection {
     TimerLinks timer;
 };
 
+// Connections on one list wait the same span from the moment they are added, so adding at
+// the back keeps the list in deadline order: the front is always the next to expire.
 class TimerList {
    public:
     TimerList(std::vector<Connection>& connections, int id) : connections_(connections), id_(id) {}

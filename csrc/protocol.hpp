@@ -79,18 +79,20 @@ inline ResponseFrame parse_response_frame(const uint8_t* data, size_t size) {
     const uint32_t items = reader.read_array_header();
     if (items < 1) throw msgpack::FormatError("empty frame");
     const uint64_t kind = reader.read_uint();
+    const uint32_t expected = kind == kResults ? 6 : 2;  // [kind, payload] for the others
+    if (items != expected && (kind == kLoaded || kind == kLoadFailed || kind == kResults)) {
+        throw msgpack::FormatError("a frame of kind " + std::to_string(kind) + " must have " +
+                                   std::to_string(expected) + " items");
+    }
     ResponseFrame frame{static_cast<uint8_t>(kind), 0, false};
     switch (kind) {
         case kLoaded:
-            if (items != 2) throw msgpack::FormatError("a loaded frame must have 2 items");
             reader.skip_map();
             break;
         case kLoadFailed:
-            if (items != 2) throw msgpack::FormatError("a load-failed frame must have 2 items");
             reader.read_str();
             break;
         case kResults:
-            if (items != 6) throw msgpack::FormatError("a results frame must have 6 items");
             frame.batch_id = reader.read_uint();
             frame.done = reader.read_bool();
             for (uint32_t n = reader.read_array_header(); n > 0; --n) detail::read_result(reader);

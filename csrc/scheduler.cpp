@@ -39,6 +39,7 @@ void Scheduler::close() {
     if (thread_.joinable()) thread_.join();
     std::lock_guard lock(mutex_);
     workers_.clear();  // unlinks every ring; workers still running keep their mappings
+    models_.clear();   // so a late submit is kUnknownModel, not a lookup of a removed worker
     doorbell_.unlink();
 }
 
@@ -202,9 +203,8 @@ std::vector<Completion> Scheduler::take_completions() {
     std::lock_guard lock(mutex_);
     taken.swap(completions_);
     loop_signalled_ = false;
-    uint64_t count;
-    while (::read(notify_fd_.get(), &count, sizeof(count)) == sizeof(count)) {
-    }
+    uint64_t count;  // one read resets the (non-semaphore) counter; EAGAIN when already 0
+    (void)!::read(notify_fd_.get(), &count, sizeof(count));
     return taken;
 }
 

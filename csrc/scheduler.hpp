@@ -33,7 +33,8 @@ enum class SubmitStatus : int { kQueued = 0, kQueueFull = 1, kUnknownModel = 2, 
 
 // The requests a dead worker held that are not queued again, and why.
 struct WorkerExit {
-    std::vector<uint64_t> failed;     // its running batch, which had already killed a worker
+    std::vector<uint64_t> failed;     // its running batch, which had already killed a worker;
+                                      // or all it held, when its model is gone
     std::vector<uint64_t> timed_out;  // its running batch, when the worker was killed for taking too long
 };
 

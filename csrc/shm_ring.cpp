@@ -109,9 +109,9 @@ bool ShmRing::write(const uint8_t* data, size_t size, const Deadline& deadline) 
 }
 
 std::optional<FrameView> ShmRing::try_peek() {
+    if (!has_frame()) return std::nullopt;
     const uint64_t read_pos = control_->read_pos.load(std::memory_order_relaxed);
     const uint64_t write_pos = control_->write_pos.load(std::memory_order_acquire);
-    if (write_pos == read_pos) return std::nullopt;
     const uint64_t available = write_pos - read_pos;
     if (available > capacity_ || available < kFrameHeader || read_pos % 8 != 0) {
         throw RingError("ring '" + name() + "' is damaged: inconsistent positions");
@@ -125,10 +125,8 @@ std::optional<FrameView> ShmRing::try_peek() {
     return FrameView{reinterpret_cast<const uint8_t*>(header) + kFrameHeader, size};
 }
 
-std::optional<FrameView> ShmRing::peek(const Deadline& deadline) {
-    spin_until([this] { return control_->write_pos.load(std::memory_order_acquire) !=
-                               control_->read_pos.load(std::memory_order_relaxed); },
-               spin_);
+std::optional<FrameView> ShmRing::peek(const Deadline& deadline, std::chrono::nanoseconds spin) {
+    spin_until([this] { return has_frame() || closed(); }, spin, deadline);
     for (;;) {
         if (auto frame = try_peek()) return frame;
         if (closed()) return std::nullopt;

@@ -68,9 +68,9 @@ class ShmRing {
     // frame" (try_peek) or timeout / closed ring (peek). A ring whose positions or frame
     // headers make no sense throws RingError rather than reading out of bounds.
     std::optional<FrameView> try_peek();
-    std::optional<FrameView> peek(const Deadline& deadline);
-    // How long peek() keeps looking before it sleeps (see spin_until); 0 sleeps at once.
-    void set_spin(std::chrono::nanoseconds spin) { spin_ = spin; }
+    // peek() first keeps looking for up to `spin` before it sleeps (see spin_until).
+    std::optional<FrameView> peek(const Deadline& deadline,
+                                  std::chrono::nanoseconds spin = std::chrono::nanoseconds(0));
     void release();
 
     // Wakes both sides for good; waits return at once afterwards.
@@ -81,6 +81,10 @@ class ShmRing {
    private:
     explicit ShmRing(SharedMemory memory);
     static size_t stride(size_t size) { return (kFrameHeader + size + 7) & ~size_t{7}; }
+    bool has_frame() const {
+        return control_->write_pos.load(std::memory_order_acquire) !=
+               control_->read_pos.load(std::memory_order_relaxed);
+    }
     void check_frame_size(size_t size) const;
 
     SharedMemory memory_;
@@ -89,7 +93,6 @@ class ShmRing {
     uint64_t capacity_;
     size_t reserved_ = 0;  // payload size of the frame reserved and not yet committed
     size_t peeked_ = 0;    // stride of the frame the reader holds
-    std::chrono::nanoseconds spin_{0};
 };
 
 }  // namespace pyserve

@@ -16,12 +16,13 @@ class WorkerChannel {
                   const std::string& doorbell)
         : requests_(ShmRing::open(requests)),
           responses_(ShmRing::open(responses)),
-          doorbell_(Doorbell::open(doorbell)) {
-        requests_.set_spin(kDefaultSpin);  // the next batch of a busy model comes quickly
-    }
+          doorbell_(Doorbell::open(doorbell)) {}
 
-    // The next frame from the server, valid until done_with_frame().
-    std::optional<FrameView> next_frame(const Deadline& deadline) { return requests_.peek(deadline); }
+    // The next frame from the server, valid until done_with_frame(). It spins a little
+    // first: the next batch of a busy model comes quickly.
+    std::optional<FrameView> next_frame(const Deadline& deadline) {
+        return requests_.peek(deadline, kDefaultSpin);
+    }
     void done_with_frame() { requests_.release(); }
 
     // False when the server did not make room before the deadline.
