@@ -152,13 +152,13 @@ def load_settings(
     if values.get("enable_envvars_config") or _as_bool(
         "TS_ENABLE_ENVVARS_CONFIG", env.get("TS_ENABLE_ENVVARS_CONFIG", "false")
     ):
-        for name in _FIELDS:
-            variable = f"TS_{name.upper()}"
-            if variable in env:
-                values[name] = _convert(name, env[variable])
-        # As in TorchServe, the URL allow-list is taken from the environment only on request.
-        if "TS_ALLOWED_URLS" in env and not values.get("use_env_allowed_urls"):
-            values.pop("allowed_urls", None)
+        from_env = {name: _convert(name, env[f"TS_{name.upper()}"]) for name in _FIELDS
+                    if f"TS_{name.upper()}" in env}
+        # As in TorchServe, the URL allow-list is taken from the environment only on request;
+        # otherwise the file's value stands.
+        if not from_env.get("use_env_allowed_urls", values.get("use_env_allowed_urls")):
+            from_env.pop("allowed_urls", None)
+        values.update(from_env)
     settings = Settings(**values)
     return settings.merged(**cli)
 

@@ -67,6 +67,13 @@ def test_env_allowed_urls_need_use_env_allowed_urls(tmp_path):
     assert opted.allowed_urls == ["http://x/.*"]
 
 
+def test_the_files_allowed_urls_stand_when_the_env_ones_are_not_used(tmp_path):
+    env = {"TS_ALLOWED_URLS": "http://x/.*"}
+    settings = load_settings(write(tmp_path, "enable_envvars_config=true\n"
+                                             "allowed_urls=file://.*\n"), env=env)
+    assert settings.allowed_urls == ["file://.*"]
+
+
 def test_cli_values_win_over_file_and_env(tmp_path):
     env = {"TS_MODEL_STORE": "/env"}
     settings = load_settings(write(tmp_path, "model_store=/file\nenable_envvars_config=true\n"),
