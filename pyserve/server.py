@@ -84,8 +84,9 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                                            settings.inference_address, "inference", drain))
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
                                            settings.management_address, "management", drain))
-            listeners.append(make_listener(metrics_app(engine.metrics, __version__),
-                                           settings.metrics_address, "metrics", drain))
+            if settings.enable_metrics_api:
+                listeners.append(make_listener(metrics_app(engine.metrics, __version__),
+                                               settings.metrics_address, "metrics", drain))
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:

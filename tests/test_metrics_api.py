@@ -94,3 +94,13 @@ def test_name_filter_keeps_only_the_named_metrics(scraped):
     text = scraped[1].text
     assert "ts_inference_requests_total" in text
     assert "ts_inference_latency_microseconds" not in text
+
+
+def test_enable_metrics_api_false_starts_no_metrics_listener(model_store, tmp_path):
+    server = start_server(tmp_path, model_store, ["echo=echo.mar"], enable_metrics_api="false")
+    try:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.metrics_url}/metrics", timeout=10)
+        assert httpx.get(f"{server.inference_url}/ping", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -221,7 +221,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if engine.is_default(model) and len(engine.models[name]) > 1:
             raise ServeError(403, "InvalidModelVersionException",
                              f"Cannot remove default version for model {name}")
-        await engine.unregister(model)
+        await engine.unregister(model, settings.unregister_model_timeout)
         return status_response(f'Model "{name}" unregistered')
 
     async def set_default(request: Request) -> Response:
