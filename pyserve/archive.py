@@ -252,10 +252,14 @@ def remove_extracted(model_dir: Path, extracted_root: Path) -> None:
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
+# What an archive's file name ends with; a model store lists these (and folders) as models.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar", ".model", ".zip")
+
+
 def default_model_name(source: str) -> str:
     """`echo.mar` or `echo.tar.gz` or `models/echo` -> `echo`."""
     name = os.path.basename(str(source).rstrip("/"))
-    for suffix in (".tar.gz", ".tgz", ".mar", ".model", ".zip"):
+    for suffix in ARCHIVE_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__, control
+from pyserve.archiver import FORMATS, RUNTIMES
 from pyserve.config import ConfigError, load_settings
 
 
@@ -68,12 +69,12 @@ def _archive_parser(commands) -> None:
                          help="Python file defining the model class (eager models)")
     archive.add_argument("--extra-files",
                          help="comma-separated files, folders or globs to add to the archive")
-    archive.add_argument("--runtime", default="python", choices=["python", "python3", "LSP"],
+    archive.add_argument("--runtime", default="python", choices=RUNTIMES,
                          help="runtime recorded in the manifest (default: python)")
     archive.add_argument("--export-path", default=".",
                          help="folder to write the archive into (default: current folder)")
     archive.add_argument("--archive-format", default="default",
-                         choices=["default", "zip-store", "tgz", "no-archive"],
+                         choices=list(FORMATS),
                          help="default: zip .mar; zip-store: uncompressed .mar; tgz: .tar.gz; "
                               "no-archive: a plain folder")
     archive.add_argument("-f", "--force", action="store_true",

@@ -112,7 +112,7 @@ def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
     return code or 1, report or f"pyserve exited with code {code}; see {log_path}"
 
 
-def stop(wait: bool = True) -> str:
+def stop() -> str:
     pid = running_pid()
     if pid is None:
         pid_file().unlink(missing_ok=True)
@@ -120,7 +120,7 @@ def stop(wait: bool = True) -> str:
     pidfd = os.pidfd_open(pid)
     try:
         os.kill(pid, signal.SIGTERM)
-        if wait and not select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)[0]:
+        if not select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)[0]:
             os.kill(pid, signal.SIGKILL)
             select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import socket
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -85,8 +86,8 @@ class ServerMetrics:
     def __init__(self, worker_summary: Callable[[], Iterable[WorkerSummary]] | None = None):
         self.hostname = socket.gethostname()
         self.responses = {"2XX": 0, "4XX": 0, "5XX": 0}
-        self.requests: dict[tuple[str, str], RequestStats] = {}
-        self.batches: dict[tuple[str, str], BatchStats] = {}
+        self.requests: dict[tuple[str, str], RequestStats] = defaultdict(RequestStats)
+        self.batches: dict[tuple[str, str], BatchStats] = defaultdict(BatchStats)
         self.handler: dict[str, _HandlerFamily] = {}
         self.worker_summary = worker_summary
         self.registry = CollectorRegistry(auto_describe=False)
@@ -101,18 +102,10 @@ class ServerMetrics:
 
     def request_stats(self, model_name: str, version_label: str) -> RequestStats:
         """`version_label` is the version in the URL, or "default" (TorchServe's labels)."""
-        key = (model_name, version_label)
-        stats = self.requests.get(key)
-        if stats is None:
-            stats = self.requests[key] = RequestStats()
-        return stats
+        return self.requests[model_name, version_label]
 
     def batch_stats(self, model_name: str, model_version: str) -> BatchStats:
-        key = (model_name, model_version)
-        stats = self.batches.get(key)
-        if stats is None:
-            stats = self.batches[key] = BatchStats()
-        return stats
+        return self.batches[model_name, model_version]
 
     def record_handler_metrics(self, model, updates: list) -> None:
         """What a handler recorded through context.metrics; see pyserve.worker.metrics."""

@@ -29,9 +29,6 @@ from pyserve.frontend.tokens import TokenKeys
 
 log = logging.getLogger("pyserve")
 
-ARCHIVE_SUFFIXES = (".mar", ".model", ".tar.gz", ".tgz")
-
-
 def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
     """`--models` / load_models entries as (name or None, url); `all` means the whole store."""
     entries: list[tuple[str | None, str]] = []
@@ -40,7 +37,7 @@ def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
             store = Path(settings.model_store or ".")
             for path in sorted(store.iterdir()):
                 if not path.name.startswith(".") and (
-                    path.is_dir() or path.name.endswith(ARCHIVE_SUFFIXES)
+                    path.is_dir() or path.name.endswith(archive.ARCHIVE_SUFFIXES)
                 ):
                     entries.append((None, path.name))
         elif "=" in entry:

@@ -31,9 +31,10 @@ class TsAliasFinder(importlib.abc.MetaPathFinder):
         if fullname != "ts" and not fullname.startswith("ts."):
             return None
         target = PREFIX + fullname
-        if importlib.util.find_spec(target) is None:
+        spec = importlib.util.find_spec(target)
+        if spec is None:
             return None
-        is_package = importlib.util.find_spec(target).submodule_search_locations is not None
+        is_package = spec.submodule_search_locations is not None
         return importlib.util.spec_from_loader(fullname, _Alias(target), is_package=is_package)
 
 

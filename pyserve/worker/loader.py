@@ -8,9 +8,9 @@ the built-in handler names (resolved to pyserve.handlers).
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any, Callable
 
+from pyserve.handlers.util import list_classes_from_module
 from pyserve.worker.context import Context
 
 BUILTIN_PACKAGE = "pyserve.handlers"
@@ -57,11 +57,7 @@ def load_entry_point(handler: str) -> EntryPoint:
         # A function entry point is initialized by being called once with data=None.
         return EntryPoint(function, lambda context: function(None, context))
 
-    classes = [
-        member
-        for member in vars(module).values()
-        if inspect.isclass(member) and member.__module__ == module.__name__
-    ]
+    classes = list_classes_from_module(module)
     if len(classes) != 1:
         raise ValueError(
             "Expected only one class in custom service code or a function entry point "
