@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyserve.control import free_ports
+from pyserve.control import free_ports, write_loopback_config
 from pyserve.processes import alive, cpu_seconds, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,27 +122,20 @@ class Server:
 
 
 
-def _listeners(ports: list[int]) -> str:
-    return (f"inference_address=http://127.0.0.1:{ports[0]}\n"
-            f"management_address=http://127.0.0.1:{ports[1]}\n"
-            f"metrics_address=http://127.0.0.1:{ports[2]}\n"
-            "default_workers_per_model=1\n"
-            "disable_token_authorization=true\n")
-
-
 def start_pyserve(work: Path, store: Path, models: list[str]) -> tuple[Server, float]:
-    ports = free_ports(3)
-    (work / "pyserve").mkdir()
-    config = work / "pyserve" / "config.properties"
-    config.write_text(_listeners(ports))
-    log = open(work / "pyserve" / "pyserve.log", "wb")
+    """Started with Popen, not control.spawn_server: the cold start is timed by polling
+    predictions, the same way for both servers, not by pyserve's own ready report."""
+    home = work / "pyserve"
+    home.mkdir()
+    config = home / "config.properties"
+    inference, _, _ = write_loopback_config(config, default_workers_per_model=1)
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", "--model-store",
-         str(store), "--ts-config", str(config), "--models", *models],
-        stdout=log, stderr=subprocess.STDOUT, cwd=work / "pyserve",
-        env=dict(os.environ, TMPDIR=str(work / "pyserve")))
-    return Server("pyserve", process, ports[0]), started
+    with open(home / "pyserve.log", "wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", "--model-store",
+             str(store), "--ts-config", str(config), "--models", *models],
+            stdout=log, stderr=subprocess.STDOUT, cwd=home, env=dict(os.environ, TMPDIR=str(home)))
+    return Server("pyserve", process, inference), started
 
 
 def torchserve_installed() -> bool:
@@ -150,22 +143,22 @@ def torchserve_installed() -> bool:
 
 
 def start_torchserve(work: Path, store: Path, models: list[str]) -> tuple[Server, float]:
-    ports = free_ports(3)
     home = work / "torchserve"
     home.mkdir()
     config = home / "config.properties"
-    config.write_text(_listeners(ports) + "install_py_dep_per_model=false\n")
+    inference, _, _ = write_loopback_config(config, default_workers_per_model=1,
+                                            install_py_dep_per_model="false")
     bin_dir = TORCHSERVE_VENV / "bin"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG_LOCATION=str(home / "logs"),
                METRICS_LOCATION=str(home / "logs"), TEMP=str(home))
     env.pop("PYTHONPATH", None)
-    log = open(home / "torchserve.log", "wb")
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
-         "--model-store", str(store), "--ts-config", str(config), "--models", *models],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home, env=env)
-    return Server("torchserve", process, ports[0]), started
+    with open(home / "torchserve.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
+             "--model-store", str(store), "--ts-config", str(config), "--models", *models],
+            stdout=log, stderr=subprocess.STDOUT, cwd=home, env=env)
+    return Server("torchserve", process, inference), started
 
 
 def start_ceiling(work: Path) -> tuple[Server, float]:

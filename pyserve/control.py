@@ -71,6 +71,30 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
+def write_loopback_config(path: Path, **values: object) -> tuple[int, int, int]:
+    """A config.properties with the three listeners on free loopback ports and token
+    authorization off, unless `values` say otherwise; returns the (inference, management,
+    metrics) ports. For servers started by tools and tests, not by users."""
+    ports = free_ports(3)
+    values = {"inference_address": f"http://127.0.0.1:{ports[0]}",
+              "management_address": f"http://127.0.0.1:{ports[1]}",
+              "metrics_address": f"http://127.0.0.1:{ports[2]}",
+              "disable_token_authorization": "true", **values}
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return ports[0], ports[1], ports[2]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """SIGTERM, then SIGKILL if it is still there after `timeout`; returns its exit code."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def spawn_server(
     arguments: list[str],
     *,

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pyserve.control import free_ports, spawn_server
+from pyserve.control import free_ports, spawn_server, stop_process, write_loopback_config
 from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
 from pyserve.processes import children as child_pids  # noqa: F401 - likewise
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-READY_TIMEOUT = 120
+HANDLERS = Path(__file__).resolve().parent / "handlers"  # test handlers, archived per test
 
 
 def free_port() -> int:
@@ -28,6 +27,11 @@ def free_port() -> int:
 
 def shm_segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("pyserve.")}
+
+
+def segments_of(pid: int) -> set[str]:
+    """The shared-memory segments of the server with this pid."""
+    return {name for name in shm_segments() if name.startswith(f"pyserve.{pid}.")}
 
 
 def archive_model(
@@ -57,7 +61,6 @@ class Server:
     management_port: int
     metrics_port: int
     log_path: Path
-    workers: set[int] = field(default_factory=set)
 
     @property
     def inference_url(self) -> str:
@@ -75,19 +78,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60) -> int:
-        self.workers |= child_pids(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
-def write_config(path: Path, **values: object) -> Path:
-    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    return path
+        return stop_process(self.process, timeout)
 
 
 def start_server(
@@ -101,15 +92,8 @@ def start_server(
 
     Token authorization is off unless the caller sets disable_token_authorization itself.
     """
-    config.setdefault("disable_token_authorization", "true")
-    ports = free_ports(3)
-    config_file = write_config(
-        tmp_path / "config.properties",
-        inference_address=f"http://127.0.0.1:{ports[0]}",
-        management_address=f"http://127.0.0.1:{ports[1]}",
-        metrics_address=f"http://127.0.0.1:{ports[2]}",
-        **config,
-    )
+    config_file = tmp_path / "config.properties"
+    ports = write_loopback_config(config_file, **config)
     log_path = tmp_path / "server.log"
     arguments = ["--model-store", str(model_store), "--ts-config", str(config_file)]
     if models:
@@ -123,7 +107,6 @@ def start_server(
     if not report.startswith("ready"):
         server.stop()
         raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")
-    server.workers = child_pids(process.pid)
     return server
 
 

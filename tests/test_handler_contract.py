@@ -10,9 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import archive_model, start_server
-
-HANDLERS = Path(__file__).resolve().parent / "handlers"
+from helpers import HANDLERS, archive_model, start_server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from helpers import start_server
+from helpers import start_server, wait_until
 from pyserve.frontend.listeners import MAX_REQUEST_HEAD, make_listener
 
 TIMEOUT = 30
@@ -507,9 +507,7 @@ def quick_listener():
                              request_head_timeout=0.5, request_body_timeout=0.5)
     thread = threading.Thread(target=loop.run_until_complete, args=(listener.run_until_stopped(),))
     thread.start()
-    deadline = time.monotonic() + 10
-    while not listener.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: listener.started, timeout=10)
     yield listener
     listener.should_exit = True
     thread.join(10)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import EXAMPLES, archive_model, start_server
+from helpers import HANDLERS, EXAMPLES, archive_model, start_server
 
-HANDLERS = Path(__file__).resolve().parent / "handlers"
 MAX_REQUEST_SIZE = 4096
 
 

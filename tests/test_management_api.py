@@ -12,9 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import EXAMPLES, archive_model, start_server
-
-HANDLERS = Path(__file__).resolve().parent / "handlers"
+from helpers import HANDLERS, EXAMPLES, archive_model, start_server
 
 
 @pytest.fixture(scope="module")

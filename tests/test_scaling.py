@@ -6,13 +6,11 @@ import threading
 
 import httpx
 
-from helpers import EXAMPLES, archive_model, start_server
+from helpers import start_server, wait_until
 
 
-def test_scaling_1_3_0_1_under_a_steady_stream_answers_every_request(tmp_path):
-    store = tmp_path / "store"
-    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
-    server = start_server(tmp_path, store, ["echo=echo.mar"], default_workers_per_model=1)
+def test_scaling_1_3_0_1_under_a_steady_stream_answers_every_request(model_store, tmp_path):
+    server = start_server(tmp_path, model_store, ["echo=echo.mar"], default_workers_per_model=1)
     answers: list[tuple[int, str]] = []
     failures: list[BaseException] = []
     stop = threading.Event()
@@ -41,8 +39,7 @@ def test_scaling_1_3_0_1_under_a_steady_stream_answers_every_request(tmp_path):
                 scaled.append(api.put("/models/echo", params={"min_worker": count,
                                                               "synchronous": "true"}).status_code)
                 seen = len(answers)
-                while len(answers) < seen + 50 and not failures:
-                    threading.Event().wait(0.05)
+                wait_until(lambda: len(answers) >= seen + 50 or failures)
             workers = len(api.get("/models/echo").json()[0]["workers"])
     finally:
         stop.set()

@@ -6,21 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
+from pyserve.control import write_loopback_config
+
 from helpers import (
+    HANDLERS,
     archive_model,
     child_pids,
     pid_alive,
-    shm_segments,
+    segments_of,
     start_server,
-    write_config,
-    free_port,
 )
-
-HANDLERS = os.path.join(os.path.dirname(__file__), "handlers")
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_the_frontend_never_imports_torch(echo_server):
 
 def test_the_handler_is_initialised_once_with_none_then_called_per_batch(tmp_path):
     store = tmp_path / "store"
-    archive_model(store, "probe", os.path.join(HANDLERS, "init_probe.py"))
+    archive_model(store, "probe", HANDLERS / "init_probe.py")
     server = start_server(tmp_path, store, ["probe=probe.mar"], default_workers_per_model=1)
     try:
         with httpx.Client(base_url=server.inference_url, timeout=30) as client:
@@ -102,12 +102,16 @@ def pyserve(*args: str, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
+def background(tmp_path, **config) -> tuple[Path, int, dict]:
+    """A config on free loopback ports for `pyserve start`, its inference port, and an env
+    whose TMPDIR (where the pid file goes) is this test's own."""
+    path = tmp_path / "config.properties"
+    port, _, _ = write_loopback_config(path, **config)
+    return path, port, dict(os.environ, TMPDIR=str(tmp_path))
+
+
 def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_store, tmp_path):
-    port = free_port()
-    config = write_config(tmp_path / "config.properties",
-                          inference_address=f"http://127.0.0.1:{port}",
-                          disable_token_authorization="true")
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    config, port, env = background(tmp_path)
     started = pyserve("start", "--model-store", str(model_store), "--models", "echo=echo.mar",
                       "--ts-config", str(config), env=env)
     assert started.returncode == 0, started.stderr
@@ -122,16 +126,12 @@ def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_st
     assert stopped.returncode == 0
     assert "stopped" in stopped.stdout
     assert not any(pid_alive(pid) for pid in {server_pid, *workers})
-    assert not [name for name in shm_segments() if name.startswith(f"pyserve.{server_pid}.")]
+    assert not segments_of(server_pid)
     assert not (tmp_path / ".pyserve.pid").exists()
 
 
 def test_a_second_start_is_refused_while_one_runs(model_store, tmp_path):
-    port = free_port()
-    config = write_config(tmp_path / "config.properties",
-                          inference_address=f"http://127.0.0.1:{port}",
-                          disable_token_authorization="true")
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    config, _, env = background(tmp_path)
     assert pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
                    env=env).returncode == 0
     try:
@@ -156,10 +156,8 @@ def test_a_busy_port_is_reported_clearly(model_store, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        config = write_config(tmp_path / "config.properties",
-                              inference_address=f"http://127.0.0.1:{port}",
-                          disable_token_authorization="true")
+        config, _, env = background(tmp_path, inference_address=f"http://127.0.0.1:{port}")
         started = pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
-                          env=dict(os.environ, TMPDIR=str(tmp_path)))
+                          env=env)
     assert started.returncode != 0
     assert f"cannot listen on http://127.0.0.1:{port}" in started.stderr

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from pyserve import _core
+from pyserve.processes import cpu_seconds
 
 
 @pytest.fixture
@@ -27,12 +28,6 @@ def ring(ring_name):
     ring = _core.ShmRing.create(ring_name, 64 * 1024)
     yield ring
     ring.unlink()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_frame_round_trips_unchanged(ring, ring_name):
@@ -159,9 +154,9 @@ def test_a_reader_in_another_process_sleeps_instead_of_spinning(ring_name):
         reader = subprocess.Popen([sys.executable, "-P", "-c", READER, ring_name, "1"],
                                   stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)  # let it start and block
-        before = cpu_seconds(reader.pid)
+        before = cpu_seconds([reader.pid])
         time.sleep(1.0)
-        spent = cpu_seconds(reader.pid) - before
+        spent = cpu_seconds([reader.pid]) - before
         assert writer.try_write(b"wake up")
         output, _ = reader.communicate(timeout=30)
     finally:

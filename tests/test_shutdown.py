@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers import child_pids, pid_alive, shm_segments, start_server, wait_until
+from helpers import child_pids, pid_alive, segments_of, start_server, wait_until
 
 
 def predict_later(server, body: bytes, answers: list) -> threading.Thread:
@@ -29,10 +29,6 @@ def predict_later(server, body: bytes, answers: list) -> threading.Thread:
 def mkdir(path: Path) -> Path:
     path.mkdir()
     return path
-
-
-def segments_of(pid: int) -> set[str]:
-    return {name for name in shm_segments() if name.startswith(f"pyserve.{pid}.")}
 
 
 def test_sigterm_lets_in_flight_requests_finish(hazards_store, tmp_path):

@@ -14,10 +14,9 @@ import httpx
 import pytest
 import torch
 
-from helpers import archive_model, start_server
+from helpers import HANDLERS, archive_model, start_server
 from tiny_models import MLP, TinyCNN
 
-HANDLERS = Path(__file__).resolve().parent / "handlers"
 TINY_MODELS = Path(__file__).resolve().parent / "tiny_models.py"
 INPUTS = [[float(i + j) / 10 for j in range(8)] for i in range(3)]
 

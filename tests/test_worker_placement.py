@@ -7,13 +7,10 @@ real one, only the device count is faked.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import httpx
 
-from helpers import EXAMPLES, archive_model, child_pids, start_server
-
-HANDLERS = Path(__file__).resolve().parent / "handlers"
+from helpers import HANDLERS, EXAMPLES, archive_model, child_pids, start_server
 
 
 def environ_of(pid: int) -> dict[str, str]:

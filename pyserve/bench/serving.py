@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyserve import archive
-from pyserve.control import free_ports, spawn_server
+from pyserve.control import spawn_server, stop_process, write_loopback_config
 
 
 @contextlib.contextmanager
@@ -20,15 +20,9 @@ def served(archive_path: Path, workers: int | None = None) -> Iterator[str]:
         store = Path(work) / "store"
         store.mkdir()
         (store / archive_path.name).symlink_to(archive_path.resolve())
-        inference, management, metrics = free_ports(3)
         config = Path(work) / "config.properties"
-        lines = [f"inference_address=http://127.0.0.1:{inference}",
-                 f"management_address=http://127.0.0.1:{management}",
-                 f"metrics_address=http://127.0.0.1:{metrics}",
-                 "disable_token_authorization=true"]
-        if workers:
-            lines.append(f"default_workers_per_model={workers}")
-        config.write_text("\n".join(lines) + "\n")
+        extra = {"default_workers_per_model": workers} if workers else {}
+        inference, _, _ = write_loopback_config(config, **extra)
         with open(Path(work) / "pyserve.log", "wb") as log:
             process, report = spawn_server(
                 ["--model-store", str(store), "--models", f"{name}={archive_path.name}",
@@ -40,5 +34,4 @@ def served(archive_path: Path, workers: int | None = None) -> Iterator[str]:
                 raise RuntimeError(f"pyserve could not serve {archive_path}: {report}\n{log_text}")
             yield f"http://127.0.0.1:{inference}/predictions/{name}"
         finally:
-            process.terminate()
-            process.wait(60)
+            stop_process(process)
