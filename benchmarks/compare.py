@@ -14,7 +14,6 @@ TorchServe joins when benchmarks/setup_torchserve.sh has installed it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import servers
-from pyserve.bench.loadgen import build_request, run_native
-from pyserve.bench.report import RunResult, merge
+from pyserve.bench.loadgen import build_request, json_floats, run_native
+from pyserve.bench.report import RunResult, merge, ratios
 
 ECHO_BODY = os.urandom(64)
-MLP_BODY = json.dumps([round((i % 97) / 97, 4) for i in range(64)]).encode()
+MLP_BODY = json_floats(64)
 LARGE_BODY = os.urandom(1 << 20)
 
 
@@ -103,9 +102,9 @@ def print_scenario(scenario: Scenario) -> None:
     ours = scenario.results["pyserve"]
     for name, result in scenario.results.items():
         if name != "pyserve":
-            print(f"  pyserve / {name}: throughput {ours.rate / result.rate:.2f}x, "
-                  f"p50 {ours.percentile(50) / result.percentile(50):.2f}, "
-                  f"p99 {ours.percentile(99) / result.percentile(99):.2f}")
+            measured = ratios(ours, result)
+            print(f"  pyserve / {name}: throughput {measured['requests_per_second']:.2f}x, "
+                  f"p50 {measured['p50']:.2f}, p99 {measured['p99']:.2f}")
 
 
 def wrk_check(url: str, duration: float, work: Path) -> None:

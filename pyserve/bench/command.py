@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pyserve.bench.loadgen import build_request, run_native, run_python
+from pyserve.bench.loadgen import build_request, json_floats, run_native, run_python
 from pyserve.bench.report import RunResult, merge, ratios, summary
 
 
@@ -70,8 +70,7 @@ def request_body(args: argparse.Namespace) -> tuple[bytes, str]:
         except OSError as error:
             raise SystemExit(f"--body-file: {error}") from None
     if args.json_floats:
-        numbers = [round((i % 97) / 97, 4) for i in range(args.json_floats)]
-        return json.dumps(numbers).encode(), args.content_type or "application/json"
+        return json_floats(args.json_floats), args.content_type or "application/json"
     return os.urandom(args.body_size), args.content_type or "application/octet-stream"
 
 

@@ -8,6 +8,7 @@ Python client spends about as much CPU per request as the server it measures.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from array import array
 from typing import Callable
@@ -17,6 +18,11 @@ from pyserve.bench.report import RunResult
 
 Progress = Callable[[int], None]
 PROGRESS_INTERVAL = 0.1
+
+
+def json_floats(count: int) -> bytes:
+    """A JSON list of `count` numbers in [0, 1): a stand-in for a model's input vector."""
+    return json.dumps([round((i % 97) / 97, 4) for i in range(count)]).encode()
 
 
 def build_request(url: str, body: bytes, content_type: str = "application/octet-stream",
