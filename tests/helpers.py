@@ -6,13 +6,16 @@ run time; readiness is learnt from the same pipe `pyserve start` waits on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyserve import _core, protocol
 from pyserve.control import free_ports, spawn_server, stop_process, write_loopback_config
 from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
 from pyserve.processes import children as child_pids  # noqa: F401 - likewise
@@ -128,3 +131,47 @@ def take_completions(scheduler, until, timeout: float = 10.0) -> list:
         if select.select([scheduler.notify_fd], [], [], remaining)[0]:
             taken += scheduler.take_completions()
     return taken
+
+
+@contextlib.contextmanager
+def scheduler_under_test(ring_capacity: int = 1 << 20):
+    """A _core.Scheduler with segment names of its own, closed (and unlinked) afterwards."""
+    scheduler = _core.Scheduler(f"/pyserve.test-{uuid.uuid4().hex[:12]}", ring_capacity)
+    try:
+        yield scheduler
+    finally:
+        scheduler.close()
+
+
+class RingWorker:
+    """The worker's side of a scheduler's rings, played by the test."""
+
+    def __init__(self, scheduler, worker_id: int, model_id: int = 1):
+        self.scheduler = scheduler
+        self.id = worker_id
+        requests, self.responses = scheduler.add_worker(worker_id, model_id, protocol.encode_load({}))
+        self.channel = _core.WorkerChannel(requests, self.responses, scheduler.doorbell_name)
+        assert protocol.unpack(self.channel.receive(timeout=5))[0] == protocol.LOAD
+
+    def load(self) -> None:
+        self.channel.send(protocol.encode_loaded({"pid": os.getpid()}))
+        take_completions(self.scheduler,
+                         lambda got: any(k == protocol.LOADED and w == self.id for w, k, _ in got))
+
+    def next_batch(self, timeout: float = 5.0):
+        frame = self.channel.receive(timeout=timeout)
+        if frame is None:
+            return None
+        kind, batch_id, requests = protocol.unpack(frame)
+        assert kind == protocol.BATCH
+        return batch_id, [request["id"] for request in requests]
+
+    def answer(self, batch_id: int, ids: list[int]) -> None:
+        results = [[id, 200, "", None, [], b"ok"] for id in ids]
+        self.channel.send(protocol.encode_results(batch_id, True, results))
+
+
+def loaded_worker(scheduler, worker_id: int = 1, model_id: int = 1) -> RingWorker:
+    worker = RingWorker(scheduler, worker_id, model_id)
+    worker.load()
+    return worker

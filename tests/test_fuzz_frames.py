@@ -18,8 +18,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ from pyserve.worker.loader import EntryPoint
 from pyserve.worker.metrics import Dimension, MetricsCache
 from pyserve.worker.service import Service
 
-from helpers import take_completions
+from helpers import RingWorker, loaded_worker, scheduler_under_test, take_completions
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -532,42 +530,11 @@ def test_a_worker_told_nothing_more_by_a_closed_ring_exits_cleanly(monkeypatch):
 
 # -- the real path: a Scheduler and workers that write garbage into their rings ------------
 
-@contextmanager
-def running_scheduler():
-    scheduler = _core.Scheduler(f"/pyserve.test-{uuid.uuid4().hex[:12]}", 1 << 16)
-    try:
-        yield scheduler
-    finally:
-        scheduler.close()
-
-
-def beside_a_healthy_worker(scheduler):
+def beside_a_healthy_worker(scheduler) -> RingWorker:
     """Models 1 and 2; a loaded worker serves model 1, so harm done by model 2's shows."""
     scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
     scheduler.add_model(2, batch_size=1, max_batch_delay=0, max_queue_size=10)
-    workers = Workers(scheduler)
-    healthy, healthy_channel, _ = workers.add(1)
-    workers.load(healthy, healthy_channel)
-    return workers, healthy_channel
-
-
-class Workers:
-    """Worker ends of real rings, played by the test; one fresh worker id per use."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-        self.next_id = 1
-
-    def add(self, model_id: int):
-        worker_id, self.next_id = self.next_id, self.next_id + 1
-        requests, responses = self.scheduler.add_worker(worker_id, model_id, protocol.encode_load({}))
-        channel = _core.WorkerChannel(requests, responses, self.scheduler.doorbell_name)
-        assert protocol.decode_request_frame(channel.receive(timeout=5))[0] == protocol.LOAD
-        return worker_id, channel, responses
-
-    def load(self, worker_id: int, channel) -> None:
-        channel.send(protocol.encode_loaded({"pid": os.getpid()}))
-        take_completions(self.scheduler, lambda got: (worker_id, protocol.LOADED) in [(w, k) for w, k, _ in got])
+    return loaded_worker(scheduler, worker_id=1, model_id=1)
 
 
 def assert_round_trip(scheduler, channel, request_id: int) -> list:
@@ -587,9 +554,10 @@ def assert_round_trip(scheduler, channel, request_id: int) -> list:
 @given(frames=st.lists(st.binary(max_size=100) | ENCODED_RESPONSES | ENCODED_RESPONSES.map(lambda f: f[:-1]),
                       min_size=1, max_size=3))
 def test_a_worker_writing_garbage_is_reported_broken_and_the_scheduler_keeps_serving(frames):
-    with running_scheduler() as scheduler:
-        workers, healthy_channel = beside_a_healthy_worker(scheduler)
-        garbler, channel, _ = workers.add(2)
+    with scheduler_under_test(1 << 16) as scheduler:
+        healthy_channel = beside_a_healthy_worker(scheduler).channel
+        garbler_end = RingWorker(scheduler, 2, model_id=2)
+        garbler, channel = garbler_end.id, garbler_end.channel
         for frame in frames:
             channel.send(frame)
         # Frames the core accepts are handed on until the first one it cannot read.
@@ -615,9 +583,10 @@ def test_a_worker_writing_garbage_is_reported_broken_and_the_scheduler_keeps_ser
                        min_size=1, max_size=8))
 def test_a_worker_scribbling_over_its_response_ring_cannot_crash_the_scheduler(writes):
     """Its ring's positions, frame headers and frames, overwritten at random in shared memory."""
-    with running_scheduler() as scheduler:
-        workers, healthy_channel = beside_a_healthy_worker(scheduler)
-        scribbler, _, responses = workers.add(2)
+    with scheduler_under_test(1 << 16) as scheduler:
+        healthy_channel = beside_a_healthy_worker(scheduler).channel
+        scribbler_end = RingWorker(scheduler, 2, model_id=2)
+        scribbler, responses = scribbler_end.id, scribbler_end.responses
         ring = _core.ShmRing.open(responses)  # writes frames without ringing the doorbell
         for _ in range(3):
             ring.try_write(protocol.encode_loaded({"pid": 1}))
@@ -634,7 +603,7 @@ def test_a_worker_scribbling_over_its_response_ring_cannot_crash_the_scheduler(w
 
 
 def test_a_worker_process_exits_with_code_3_on_a_garbage_request_frame():
-    with running_scheduler() as scheduler:
+    with scheduler_under_test(1 << 16) as scheduler:
         scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
         requests, responses = scheduler.add_worker(1, 1, ECHO_LOAD)
         process = subprocess.Popen(
@@ -657,11 +626,10 @@ def test_a_worker_process_exits_with_code_3_on_a_garbage_request_frame():
 
 def test_struct_layout_matches_the_batch_the_scheduler_writes():
     """batch_frame() above must be what the core writes, or the batch tests prove nothing."""
-    with running_scheduler() as scheduler:
+    with scheduler_under_test(1 << 16) as scheduler:
         scheduler.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=10)
-        workers = Workers(scheduler)
-        worker_id, channel, _ = workers.add(1)
-        workers.load(worker_id, channel)
+        worker = loaded_worker(scheduler)
+        worker_id, channel = worker.id, worker.channel
         payload = protocol.encode_request(5, "r5", "text/plain", [[b"a", b"b"]], b"body")
         assert scheduler.submit(1, 5, payload) == _core.SUBMIT_QUEUED
         frame = channel.receive(timeout=5)

@@ -6,63 +6,27 @@ batch it sees went through the same path a worker process reads.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import pytest
 
 from pyserve import _core, protocol
 
-from helpers import take_completions
+from helpers import RingWorker, loaded_worker, scheduler_under_test, take_completions
 
 LONG = 10_000  # ms: a max_batch_delay that never runs out within a test
 
 
 @pytest.fixture
 def scheduler():
-    scheduler = _core.Scheduler(f"/pyserve.test-{uuid.uuid4().hex[:12]}", 1 << 20)
-    yield scheduler
-    scheduler.close()
-
-
-class RingWorker:
-    """The worker's side of the rings, played by the test."""
-
-    def __init__(self, scheduler, worker_id: int, model_id: int = 1):
-        self.scheduler = scheduler
-        self.id = worker_id
-        requests, responses = scheduler.add_worker(worker_id, model_id, protocol.encode_load({}))
-        self.channel = _core.WorkerChannel(requests, responses, scheduler.doorbell_name)
-        assert protocol.unpack(self.channel.receive(timeout=5))[0] == protocol.LOAD
-
-    def load(self) -> None:
-        self.channel.send(protocol.encode_loaded({"pid": os.getpid()}))
-        take_completions(self.scheduler, lambda got: any(k == protocol.LOADED and w == self.id for w, k, _ in got))
-
-    def next_batch(self, timeout: float = 5.0):
-        frame = self.channel.receive(timeout=timeout)
-        if frame is None:
-            return None
-        kind, batch_id, requests = protocol.unpack(frame)
-        assert kind == protocol.BATCH
-        return batch_id, [request["id"] for request in requests]
-
-    def answer(self, batch_id: int, ids: list[int]) -> None:
-        results = [[id, 200, "", None, [], b"ok"] for id in ids]
-        self.channel.send(protocol.encode_results(batch_id, True, results))
+    with scheduler_under_test() as scheduler:
+        yield scheduler
 
 
 def submit(scheduler, *ids: int, model_id: int = 1) -> None:
     for id in ids:
         payload = protocol.encode_request(id, str(id), "", [], b"x")
         assert scheduler.submit(model_id, id, payload) == _core.SUBMIT_QUEUED
-
-
-def loaded_worker(scheduler, worker_id: int = 1) -> RingWorker:
-    worker = RingWorker(scheduler, worker_id)
-    worker.load()
-    return worker
 
 
 def test_a_request_goes_out_at_once_when_a_worker_is_idle(scheduler):
