@@ -9,15 +9,13 @@ import stat
 import httpx
 import pytest
 
-from helpers import EXAMPLES, archive_model, start_server
+from helpers import start_server
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory):
+def secured(model_store, tmp_path_factory):
     work = tmp_path_factory.mktemp("tokens")
-    store = work / "store"
-    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
-    server = start_server(work, store, ["echo=echo.mar"], disable_token_authorization="false",
+    server = start_server(work, model_store, ["echo=echo.mar"], disable_token_authorization="false",
                           default_workers_per_model=1)
     yield server, work / "key_file.json"
     server.stop()
@@ -109,10 +107,8 @@ def test_regenerating_without_the_api_key_is_refused(secured):
     assert response.json()["message"].startswith("Token Authentication failed")
 
 
-def test_an_expired_key_is_refused(tmp_path):
-    store = tmp_path / "store"
-    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
-    server = start_server(tmp_path, store, ["echo=echo.mar"], disable_token_authorization="false",
+def test_an_expired_key_is_refused(model_store, tmp_path):
+    server = start_server(tmp_path, model_store, ["echo=echo.mar"], disable_token_authorization="false",
                           token_expiration_min="0", default_workers_per_model=1)
     try:
         response = httpx.post(f"{server.inference_url}/predictions/echo", content=b"x",
@@ -122,19 +118,15 @@ def test_an_expired_key_is_refused(tmp_path):
     assert response.status_code == 400
 
 
-def test_the_key_file_is_removed_when_the_server_stops(tmp_path):
-    store = tmp_path / "store"
-    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
-    server = start_server(tmp_path, store, [], disable_token_authorization="false")
+def test_the_key_file_is_removed_when_the_server_stops(model_store, tmp_path):
+    server = start_server(tmp_path, model_store, [], disable_token_authorization="false")
     assert (tmp_path / "key_file.json").exists()
     server.stop()
     assert not (tmp_path / "key_file.json").exists()
 
 
-def test_with_tokens_disabled_no_key_is_needed_and_no_file_written(tmp_path):
-    store = tmp_path / "store"
-    archive_model(store, "echo", EXAMPLES / "echo" / "echo_handler.py")
-    server = start_server(tmp_path, store, ["echo=echo.mar"], default_workers_per_model=1)
+def test_with_tokens_disabled_no_key_is_needed_and_no_file_written(model_store, tmp_path):
+    server = start_server(tmp_path, model_store, ["echo=echo.mar"], default_workers_per_model=1)
     try:
         response = httpx.post(f"{server.inference_url}/predictions/echo", content=b"x", timeout=60)
     finally:
