@@ -13,10 +13,6 @@ def error_body(code: int, type: str, message: str) -> bytes:
     return (json.dumps({"code": code, "type": type, "message": message}, indent=2) + "\n").encode()
 
 
-def status_body(message: str) -> bytes:
-    return (json.dumps({"status": message}, indent=2) + "\n").encode()
-
-
 class ServeError(Exception):
     """An error with the HTTP status and TorchServe exception type it is answered with."""
 

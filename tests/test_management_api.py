@@ -408,3 +408,9 @@ def test_the_model_api_is_off_unless_enabled(store, tmp_path):
     assert register.status_code == 405 and delete.status_code == 405
     assert register.json()["type"] == "MethodNotAllowedException"
     assert listing.status_code == 200
+
+
+def test_a_register_json_body_over_max_request_size_is_413(api):
+    response = api.post("/models", content=b'{"url": "' + b"x" * 7_000_000 + b'"}',
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 413

@@ -55,10 +55,6 @@ class Core:
     def doorbell_name(self) -> str:
         return self.scheduler.doorbell_name
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def submit(
         self, model_id: int, request_id: str, content_type: str, headers: list, body: bytes
     ) -> asyncio.Future:

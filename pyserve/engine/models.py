@@ -53,7 +53,7 @@ class ModelVersion:
 
     def can_serve(self) -> bool:
         """A worker is alive or coming back: requests may queue for it instead of being refused."""
-        return self.pending_restarts > 0 or bool(self.live_workers())
+        return self.pending_restarts > 0 or any(worker.alive for worker in self.workers.values())
 
     def ready_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.ready]

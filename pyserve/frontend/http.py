@@ -55,19 +55,25 @@ class BodyTooLarge(Exception):
     """The request body exceeds max_request_size; answered 413 with an empty body."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing one over `limit` before reading it when its length is declared."""
-    declared = request.headers.get("content-length")
+async def read_body(receive, declared: str | bytes | None, limit: int) -> bytes:
+    """The whole body from an ASGI `receive`. BodyTooLarge over `limit` (before reading any
+    of it when its Content-Length is `declared`), ClientDisconnect if the client left first,
+    so that a body cut short is never taken for a whole one."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
     chunks = []
     total = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
             raise BodyTooLarge()
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _serve_error(request: Request, error: Exception) -> Response:

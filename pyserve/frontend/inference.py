@@ -36,7 +36,7 @@ def inference_app(engine: Engine, settings: Settings, version: str, tokens: Toke
 
     async def run(request: Request, explain: bool) -> Response:
         params = request.path_params
-        body = await read_body(request, limit)
+        body = await read_body(request.receive, request.headers.get("content-length"), limit)
         result = await predictor.predict(
             params["model_name"], params.get("model_version"), params.get("url_path", ""), explain,
             request.scope[REQUEST_ID], request.scope["headers"],

@@ -27,7 +27,7 @@ from pyserve.engine.models import ModelVersion
 from pyserve.errors import BadRequest, ServeError
 from pyserve.frontend.describe import describe_model
 from pyserve.frontend.http import (NOT_FOUND, MethodNotAllowed, json_response, listener_app,
-                                   status_response)
+                                   read_body, status_response)
 from pyserve.frontend.openapi import MAX_WORKERS, management_api
 from pyserve.frontend.tokens import AUTHENTICATION_FAILED, TokenKeys
 
@@ -74,11 +74,12 @@ def query(request: Request) -> dict[str, str]:
     return params
 
 
-async def _parameters(request: Request) -> dict:
-    """Query parameters, overlaid by a JSON body's keys when the body is JSON."""
+async def _parameters(request: Request, limit: int) -> dict:
+    """Query parameters, overlaid by a JSON body's keys when the body is JSON (at most
+    `limit` bytes, like any request body)."""
     params = query(request)
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
-        body = await request.body()
+        body = await read_body(request.receive, request.headers.get("content-length"), limit)
         if body.strip():
             try:
                 document = json.loads(body)
@@ -112,7 +113,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
     async def register(request: Request) -> Response:
         if not settings.enable_model_api:
             raise MethodNotAllowed()
-        params = await _parameters(request)
+        params = await _parameters(request, settings.max_request_size)
         url = params.get("url")
         if url is None:
             raise BadRequest("Parameter url is required.")

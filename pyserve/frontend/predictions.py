@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 
+from starlette.requests import ClientDisconnect
+
 from pyserve.engine import Engine
 from pyserve.errors import ServeError
-from pyserve.frontend.http import NO_CACHE_HEADERS, RequestIds
+from pyserve.frontend.http import NO_CACHE_HEADERS, BodyTooLarge, RequestIds, read_body
 from pyserve.frontend.tokens import AUTHORIZATION_FAILED, TokenKeys
 from pyserve.protocol import Result
 
@@ -57,10 +59,6 @@ def result_headers(result: Result) -> tuple[int, list]:
     return result.status, headers
 
 
-class ClientGone(Exception):
-    """The client disconnected before its body was whole: nothing is run, nothing answered."""
-
-
 class FastPredictions:
     """ASGI app serving `/predictions/...` itself and passing everything else to `fallback`."""
 
@@ -85,7 +83,7 @@ class FastPredictions:
         request_id = self.ids.next()
         try:
             status, headers, body = await self._predict(scope, receive, segments, request_id)
-        except ClientGone:
+        except ClientDisconnect:  # nothing is run for a body cut short, nothing answered
             return
         except ServeError as error:
             status, headers, body = error.code, [(b"content-type", JSON)], error.body()
@@ -108,8 +106,9 @@ class FastPredictions:
                 authorization = value.decode("latin-1")
         if self.tokens is not None and not self.tokens.valid("inference", authorization):
             raise ServeError(400, "InvalidKeyException", AUTHORIZATION_FAILED)
-        body = await self._body(receive, declared)
-        if body is None:
+        try:
+            body = await read_body(receive, declared, self.limit)
+        except BodyTooLarge:
             return 413, [(b"content-length", b"0")], b""
         name = segments[0]
         version = segments[1] if len(segments) > 1 else None
@@ -118,26 +117,3 @@ class FastPredictions:
                                               scope["headers"], content_type or "", body)
         status, headers = result_headers(result)
         return status, headers, result.body
-
-    async def _body(self, receive, declared: bytes | None) -> bytes | None:
-        """The request body, or None when it is over max_request_size (413, unread if declared)."""
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return None
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            return body if len(body) <= self.limit else None
-        chunks, total = [body], len(body)
-        while message.get("more_body"):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
