@@ -46,10 +46,38 @@ class Settings:
     unregister_model_timeout: int = 120
     graceful_shutdown_timeout: int = 30
     enable_metrics_api: bool = True
+    frontend_processes: int = 0  # pyserve: processes serving the inference listener; 0: auto
 
     def merged(self, **overrides: Any) -> "Settings":
         """A copy with the given fields replaced; None values are ignored."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# TorchServe reads these as Java ints; pyserve refuses what TorchServe could not hold rather
+# than letting a size or a count wrap round, or sizing memory after it.
+INT_MAX = 2**31 - 1
+MAX_FRONTEND_PROCESSES = 256
+_BOUNDS = {
+    "default_workers_per_model": (0, INT_MAX),
+    "job_queue_size": (1, INT_MAX),
+    "max_request_size": (1, INT_MAX),
+    "max_response_size": (1, INT_MAX),
+    "default_response_timeout": (1, INT_MAX),
+    "default_startup_timeout": (0, INT_MAX),
+    "number_of_gpu": (0, INT_MAX),
+    "initial_worker_port": (0, INT_MAX),
+    "unregister_model_timeout": (0, INT_MAX),
+    "graceful_shutdown_timeout": (0, INT_MAX),
+    "frontend_processes": (0, MAX_FRONTEND_PROCESSES),
+}
+
+
+def check_bounds(settings: "Settings") -> None:
+    """ConfigError naming the first setting outside the range pyserve can honour."""
+    for key, (lowest, highest) in _BOUNDS.items():
+        value = getattr(settings, key)
+        if value is not None and not lowest <= value <= highest:
+            raise ConfigError(f"{key}: {value} is out of range; it must be between {lowest} and {highest}")
 
 
 def _as_bool(key: str, value: str) -> bool:
@@ -159,8 +187,9 @@ def load_settings(
         if not from_env.get("use_env_allowed_urls", values.get("use_env_allowed_urls")):
             from_env.pop("allowed_urls", None)
         values.update(from_env)
-    settings = Settings(**values)
-    return settings.merged(**cli)
+    settings = Settings(**values).merged(**cli)
+    check_bounds(settings)
+    return settings
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -102,18 +102,21 @@ def spawn_server(
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     detach: bool = False,
+    launcher: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Runs `pyserve start --foreground <arguments>` and waits for its report.
 
     The report starts with "ready" once the server listens with its startup models
     loaded; otherwise it says what went wrong (or is empty if the server just exited).
+    `launcher`: a command that runs the server, which it is appended to (`unshare ...`).
     """
     read_end, write_end = os.pipe()
     env = dict(os.environ if env is None else env, **{READY_FD_ENV: str(write_end)})
     try:
         process = subprocess.Popen(
             # -P: the server imports the installed pyserve even when started from a checkout.
-            [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", *arguments],
+            [*(launcher or []), sys.executable, "-P", "-m", "pyserve", "start", "--foreground",
+             *arguments],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             pass_fds=(write_end,), start_new_session=detach,
         )

@@ -5,6 +5,11 @@ them into text when /metrics is scraped. TorchServe's latency counters keep thei
 names (`ts_inference_latency_microseconds`), which prometheus-client would suffix with
 `_total` as counters, so they are exposed untyped; `ts_inference_requests_total` is a
 counter as in TorchServe.
+
+Requests are counted by the process that answers them. With several frontend processes the
+server asks each for its `counters()` when scraped and adds them up (`render(others=...)`),
+so a scrape shows the totals. Batch sizes and queue depths are counted by the core itself,
+per model, with no call on the request path (`model_stats`).
 """
 
 from __future__ import annotations
@@ -59,10 +64,28 @@ class RequestStats:
     queue_latency_us: float = 0.0
 
 
+def from_core(bounds: tuple[float, ...], counts: list[int], total: int) -> Buckets:
+    """The core's power-of-two counts (count i > 0 is of values in (2^(i-2), 2^(i-1)], count 0
+    of zeros) in `bounds`, which are 0 and powers of two, so nothing is moved across a bound."""
+    buckets = Buckets(bounds)
+    for index, count in enumerate(counts):
+        if count:
+            upper = 0 if index == 0 else 1 << (index - 1)
+            buckets.counts[bisect.bisect_left(bounds, upper)] += count
+    buckets.sum = float(total)
+    return buckets
+
+
 @dataclass
-class BatchStats:
-    batch_sizes: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BUCKETS))
-    queue_depths: Buckets = field(default_factory=lambda: Buckets(QUEUE_DEPTH_BUCKETS))
+class ModelStats:
+    """What the core counted for one model version."""
+
+    model_name: str
+    model_version: str
+    batch_sizes: list[int]
+    batch_size_sum: int
+    queue_depths: list[int]
+    queue_depth_sum: int
 
 
 @dataclass
@@ -87,9 +110,10 @@ class ServerMetrics:
         self.hostname = socket.gethostname()
         self.responses = {"2XX": 0, "4XX": 0, "5XX": 0}
         self.requests: dict[tuple[str, str], RequestStats] = defaultdict(RequestStats)
-        self.batches: dict[tuple[str, str], BatchStats] = defaultdict(BatchStats)
         self.handler: dict[str, _HandlerFamily] = {}
         self.worker_summary = worker_summary
+        self.model_stats: Callable[[], Iterable[ModelStats]] | None = None
+        self._others: Iterable[dict] = ()  # other processes' counters, during render()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -104,8 +128,27 @@ class ServerMetrics:
         """`version_label` is the version in the URL, or "default" (TorchServe's labels)."""
         return self.requests[model_name, version_label]
 
-    def batch_stats(self, model_name: str, model_version: str) -> BatchStats:
-        return self.batches[model_name, model_version]
+    def counters(self) -> dict:
+        """This process's request counters, for the process that renders the totals."""
+        return {
+            "responses": dict(self.responses),
+            "requests": [[name, version, stats.requests, stats.latency_us, stats.queue_latency_us]
+                         for (name, version), stats in self.requests.items()],
+        }
+
+    def _totals(self) -> tuple[dict[str, int], dict[tuple[str, str], RequestStats]]:
+        responses = dict(self.responses)
+        requests = {key: RequestStats(s.requests, s.latency_us, s.queue_latency_us)
+                    for key, s in self.requests.items()}
+        for other in self._others:
+            for status_class, count in other["responses"].items():
+                responses[status_class] = responses.get(status_class, 0) + count
+            for name, version, count, latency_us, queue_latency_us in other["requests"]:
+                stats = requests.setdefault((name, version), RequestStats())
+                stats.requests += count
+                stats.latency_us += latency_us
+                stats.queue_latency_us += queue_latency_us
+        return responses, requests
 
     def record_handler_metrics(self, model, updates: list) -> None:
         """What a handler recorded through context.metrics; see pyserve.worker.metrics."""
@@ -132,7 +175,8 @@ class ServerMetrics:
         yield from self._pyserve_families()
 
     def _torchserve_families(self):
-        for status_class, count in self.responses.items():
+        responses, requests_by_model = self._totals()
+        for status_class, count in responses.items():
             family = UnknownMetricFamily(
                 f"Requests{status_class}", "Torchserve prometheus counter metric with unit: Count",
                 labels=["Level", "Hostname"])
@@ -145,7 +189,7 @@ class ServerMetrics:
                                       "Cumulative inference duration in microseconds", labels=labels)
         queue = UnknownMetricFamily("ts_queue_latency_microseconds",
                                     "Cumulative queue duration in microseconds", labels=labels)
-        for (model_name, version), stats in self.requests.items():
+        for (model_name, version), stats in requests_by_model.items():
             values = [model_name, version, self.hostname]
             requests.add_metric(values, stats.requests)
             latency.add_metric(values, stats.latency_us)
@@ -177,11 +221,12 @@ class ServerMetrics:
         depths = HistogramMetricFamily("pyserve_queue_depth",
                                        "Requests already queued for the model when one arrived.",
                                        labels=labels)
-        for (model_name, version), stats in self.batches.items():
-            sizes.add_metric([model_name, version], stats.batch_sizes.cumulative(),
-                             stats.batch_sizes.sum)
-            depths.add_metric([model_name, version], stats.queue_depths.cumulative(),
-                              stats.queue_depths.sum)
+        for stats in self.model_stats() if self.model_stats else ():
+            values = [stats.model_name, stats.model_version]
+            batch_sizes = from_core(BATCH_SIZE_BUCKETS, stats.batch_sizes, stats.batch_size_sum)
+            queue_depths = from_core(QUEUE_DEPTH_BUCKETS, stats.queue_depths, stats.queue_depth_sum)
+            sizes.add_metric(values, batch_sizes.cumulative(), batch_sizes.sum)
+            depths.add_metric(values, queue_depths.cumulative(), queue_depths.sum)
         yield from (sizes, depths)
         if self.worker_summary is None:
             return
@@ -196,16 +241,21 @@ class ServerMetrics:
             restarts.add_metric(values, summary.restarts)
         yield from (workers, restarts)
 
-    def render(self, names: list[str] | None = None) -> bytes:
-        """The text exposition; `names` (TorchServe's name[] filter) keeps only those families."""
-        if not names:
-            return generate_latest(self.registry)
-        wanted = set(names)
-        selected = CollectorRegistry(auto_describe=False)
-        families = [f for f in self.collect()
-                    if f.name in wanted or any(s.name in wanted for s in f.samples)]
-        selected.register(_Fixed(families))
-        return generate_latest(selected)
+    def render(self, names: list[str] | None = None, others: Iterable[dict] = ()) -> bytes:
+        """The text exposition, `others` (counters() of other processes) added in; `names`
+        (TorchServe's name[] filter) keeps only those families."""
+        self._others = others
+        try:
+            if not names:
+                return generate_latest(self.registry)
+            wanted = set(names)
+            selected = CollectorRegistry(auto_describe=False)
+            families = [f for f in self.collect()
+                        if f.name in wanted or any(s.name in wanted for s in f.samples)]
+            selected.register(_Fixed(families))
+            return generate_latest(selected)
+        finally:
+            self._others = ()
 
 
 class _Fixed:

@@ -1,7 +1,9 @@
 """Runs pyserve in the foreground: engine, startup models, listeners, and an orderly stop.
 
+The inference listener is served by this process, or with `frontend_processes` above 1 by
+that many frontend processes (pyserve.supervisor); management and metrics always here.
 SIGTERM or SIGINT stop the listeners from taking new connections, let in-flight requests
-finish, then stop every worker and remove every shared-memory segment.
+finish, then stop every worker.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from pyserve.engine import Engine
 from pyserve.engine.loading import RegisterOptions
 from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
-from pyserve.frontend.listeners import Listener, ListenerError, make_listener
+from pyserve.frontend.listeners import Listener, ListenerError, bind, make_listener
 from pyserve.frontend.management import management_app
 from pyserve.frontend.metrics import metrics_app
 from pyserve.frontend.tokens import TokenKeys
+from pyserve.supervisor import FrontendSupervisor
 
 log = logging.getLogger("pyserve")
+
+AUTO_CORES_PER_FRONTEND = 4
+MAX_AUTO_FRONTENDS = 8
 
 def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
     """`--models` / load_models entries as (name or None, url); `all` means the whole store."""
@@ -46,6 +52,15 @@ def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
         else:
             entries.append((None, entry))
     return entries
+
+
+def frontend_count(settings: Settings) -> int:
+    """`frontend_processes`, or when it is 0 (auto) one per AUTO_CORES_PER_FRONTEND cores this
+    process may run on, at most MAX_AUTO_FRONTENDS: a small host does best with one process."""
+    if settings.frontend_processes > 0:
+        return settings.frontend_processes
+    cores = len(os.sched_getaffinity(0)) or 1
+    return max(1, min(cores // AUTO_CORES_PER_FRONTEND, MAX_AUTO_FRONTENDS))
 
 
 async def _load_startup_models(engine: Engine, settings: Settings) -> list[str]:
@@ -74,23 +89,45 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     tokens = None if settings.disable_token_authorization else TokenKeys(Path.cwd(),
                                                                           settings.token_expiration_min)
     listeners: list[Listener] = []
+    supervisor: FrontendSupervisor | None = None
     drain = settings.graceful_shutdown_timeout
+    frontends = frontend_count(settings)
     try:
         try:
-            listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
-                                           settings.inference_address, "inference", drain))
+            inference_socket = bind(settings.inference_address, "inference")
+            if frontends == 1:
+                listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
+                                               inference_socket, "inference", drain))
+            else:
+                supervisor = FrontendSupervisor(engine, settings, __version__, inference_socket,
+                                                tokens, frontends)
+                engine.on_change, engine.settle = supervisor.changed, supervisor.settle
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
-                                           settings.management_address, "management", drain))
+                                           bind(settings.management_address, "management"),
+                                           "management", drain))
             if settings.enable_metrics_api:
-                listeners.append(make_listener(metrics_app(engine.metrics, __version__),
-                                               settings.metrics_address, "metrics", drain))
+                others = supervisor.counters if supervisor else None
+                listeners.append(make_listener(metrics_app(engine.metrics, __version__, others),
+                                               bind(settings.metrics_address, "metrics"), "metrics",
+                                               drain))
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:
                 on_ready(f"error: {error}")
             return 1
         problems = await _load_startup_models(engine, settings)
+        if supervisor is not None:
+            try:  # once the models are loaded: until then connections wait, as with one process
+                await supervisor.start()
+            except (RuntimeError, OSError) as error:
+                log.error("%s", error)
+                if on_ready:
+                    on_ready(f"error: {error}")
+                return 1
         tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
+        if supervisor is not None:
+            log.info("listening on %s:%s (inference, %d frontend processes)",
+                     *inference_socket.getsockname()[:2], frontends)
         for listener in listeners:
             log.info("listening on %s:%s", *listener.socket.getsockname()[:2])
         if tokens is not None:
@@ -103,12 +140,18 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         log.info("stopping: finishing in-flight requests")
         for listener in listeners:
             listener.should_exit = True
+        if supervisor is not None:
+            await supervisor.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         stopped.cancel()
     finally:
+        if supervisor is not None and not supervisor.closing:
+            await supervisor.stop()
         await engine.close()
         for listener in listeners:
             listener.socket.close()
+        if supervisor is not None:
+            supervisor.socket.close()
         if tokens is not None:
             tokens.remove_file()
         log.info("stopped")

@@ -11,11 +11,10 @@ import os
 import select
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyserve import _core, protocol
+from pyserve import _core, frames
 from pyserve.control import free_ports, spawn_server, stop_process, write_loopback_config
 from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
 from pyserve.processes import children as child_pids  # noqa: F401 - likewise
@@ -26,15 +25,6 @@ HANDLERS = Path(__file__).resolve().parent / "handlers"  # test handlers, archiv
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def shm_segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("pyserve.")}
-
-
-def segments_of(pid: int) -> set[str]:
-    """The shared-memory segments of the server with this pid."""
-    return {name for name in shm_segments() if name.startswith(f"pyserve.{pid}.")}
 
 
 def archive_model(
@@ -89,11 +79,13 @@ def start_server(
     model_store: Path,
     models: list[str],
     env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
     **config: object,
 ) -> Server:
     """`pyserve start --foreground` on free ports; returns once it reports ready.
 
     Token authorization is off unless the caller sets disable_token_authorization itself.
+    `launcher`: a command the server runs under (see control.spawn_server).
     """
     config_file = tmp_path / "config.properties"
     ports = write_loopback_config(config_file, **config)
@@ -104,7 +96,7 @@ def start_server(
     with open(log_path, "wb") as log:
         process, report = spawn_server(
             arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), **(env or {})),
-            cwd=tmp_path,
+            cwd=tmp_path, launcher=launcher,
         )
     server = Server(process, *ports, log_path)
     if not report.startswith("ready"):
@@ -121,57 +113,71 @@ def wait_until(condition, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def take_completions(scheduler, until, timeout: float = 10.0) -> list:
-    """A scheduler's completions, waiting on its notify fd until `until(all taken so far)` holds."""
-    taken: list = []
+def take_from(core, until, timeout: float = 10.0) -> tuple[list, list]:
+    """A core's (replies, events), waiting on its notify fd until `until(replies, events)` holds;
+    replies are unpacked."""
+    replies: list = []
+    events: list = []
     deadline = time.monotonic() + timeout
-    while not until(taken):
+    while not until(replies, events):
         remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out; got {taken}"
-        if select.select([scheduler.notify_fd], [], [], remaining)[0]:
-            taken += scheduler.take_completions()
-    return taken
+        assert remaining > 0, f"timed out; got {replies} {events}"
+        if select.select([core.notify_fd], [], [], remaining)[0]:
+            taken_replies, taken_events = core.take()
+            replies += [frames.unpack(reply) for reply in taken_replies]
+            events += taken_events
+    return replies, events
+
+
+def results_in(replies: list) -> list:
+    """Every result of the REPLY frames among `replies`."""
+    return [result for reply in replies if reply[0] == frames.REPLY for result in reply[2]]
 
 
 @contextlib.contextmanager
-def scheduler_under_test(ring_capacity: int = 1 << 20):
-    """A _core.Scheduler with segment names of its own, closed (and unlinked) afterwards."""
-    scheduler = _core.Scheduler(f"/pyserve.test-{uuid.uuid4().hex[:12]}", ring_capacity)
+def core_under_test(ring_capacity: int = 1 << 20):
+    """A _core.Core, closed afterwards."""
+    core = _core.Core(ring_capacity)
     try:
-        yield scheduler
+        yield core
     finally:
-        scheduler.close()
+        core.close()
+
+
+def channel_fds(fds) -> list[int]:
+    """Copies of a channel's descriptors for the test's end: the core keeps its own."""
+    return [os.dup(fd) for fd in fds]
 
 
 class RingWorker:
-    """The worker's side of a scheduler's rings, played by the test."""
+    """The worker's side of a core's channel, played by the test."""
 
-    def __init__(self, scheduler, worker_id: int, model_id: int = 1):
-        self.scheduler = scheduler
+    def __init__(self, core, worker_id: int, model_id: int = 1):
+        self.core = core
         self.id = worker_id
-        requests, self.responses = scheduler.add_worker(worker_id, model_id, protocol.encode_load({}))
-        self.channel = _core.WorkerChannel(requests, self.responses, scheduler.doorbell_name)
-        assert protocol.unpack(self.channel.receive(timeout=5))[0] == protocol.LOAD
+        fds = core.add_worker(worker_id, model_id, frames.encode_load({}))
+        self.channel = _core.WorkerChannel(*channel_fds(fds))
+        assert frames.unpack(self.channel.receive(timeout=5))[0] == frames.LOAD
 
     def load(self) -> None:
-        self.channel.send(protocol.encode_loaded({"pid": os.getpid()}))
-        take_completions(self.scheduler,
-                         lambda got: any(k == protocol.LOADED and w == self.id for w, k, _ in got))
+        self.channel.send(frames.encode_loaded({"pid": os.getpid()}))
+        take_from(self.core, lambda replies, events: any(
+            kind == frames.LOADED and worker == self.id for worker, kind, _ in events))
 
     def next_batch(self, timeout: float = 5.0):
         frame = self.channel.receive(timeout=timeout)
         if frame is None:
             return None
-        kind, batch_id, requests = protocol.unpack(frame)
-        assert kind == protocol.BATCH
+        kind, batch_id, requests = frames.unpack(frame)
+        assert kind == frames.BATCH
         return batch_id, [request["id"] for request in requests]
 
-    def answer(self, batch_id: int, ids: list[int]) -> None:
+    def answer(self, batch_id: int, ids: list[int], done: bool = True) -> None:
         results = [[id, 200, "", None, [], b"ok"] for id in ids]
-        self.channel.send(protocol.encode_results(batch_id, True, results))
+        assert self.channel.send(frames.encode_results(batch_id, done, results)) == _core.WRITTEN
 
 
-def loaded_worker(scheduler, worker_id: int = 1, model_id: int = 1) -> RingWorker:
-    worker = RingWorker(scheduler, worker_id, model_id)
+def loaded_worker(core, worker_id: int = 1, model_id: int = 1) -> RingWorker:
+    worker = RingWorker(core, worker_id, model_id)
     worker.load()
     return worker

@@ -117,3 +117,20 @@ def test_remote_model_urls_are_refused_unless_allowed(tmp_path):
 
 def test_token_authorization_is_on_by_default(tmp_path):
     assert load_settings(write(tmp_path, ""), env={}).disable_token_authorization is False
+
+
+@pytest.mark.parametrize("key, value", [
+    ("max_request_size", 2**32 + 8), ("max_response_size", 2**31), ("job_queue_size", 10**12),
+    ("job_queue_size", 0), ("default_response_timeout", 0), ("frontend_processes", 100_000),
+])
+def test_a_size_or_count_out_of_range_is_refused_at_start_with_its_key(tmp_path, key, value):
+    config = tmp_path / "config.properties"
+    config.write_text(f"{key}={value}\n")
+    with pytest.raises(ConfigError, match=f"{key}: {value} is out of range"):
+        load_settings(config, env={})
+
+
+def test_the_largest_request_size_torchserve_can_hold_is_accepted(tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text(f"max_request_size={2**31 - 1}\n")
+    assert load_settings(config, env={}).max_request_size == 2**31 - 1

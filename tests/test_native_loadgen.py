@@ -1,4 +1,4 @@
-"""The native load generator (`_core.LoadGenerator`) against real HTTP servers on loopback.
+"""The native load generator (`_loadgen.LoadGenerator`) against real HTTP servers on loopback.
 
 The server is http.server on a free port, in a background thread; the request path tells it
 how to answer (a body size, chunked, Connection: close, a status, a delay, garbage).
@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pyserve import _core
+from pyserve.bench import _loadgen
 
 RUN_LIMIT = 60  # seconds any run may take before the test gives up on it
 
@@ -110,7 +110,7 @@ def request(path: str, body: bytes = b"", method: str = "POST") -> bytes:
 
 
 def run(port: int, req: bytes, connections: int = 2, **options) -> dict:
-    generator = _core.LoadGenerator("127.0.0.1", port, req, connections, **options)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port, req, connections, **options)
     generator.start()
     assert generator.wait(RUN_LIMIT), "the run did not end"
     return generator.result()
@@ -228,7 +228,7 @@ def test_the_first_of_duration_and_total_ends_the_run(server):
 
 
 def test_completed_grows_while_running(server):
-    generator = _core.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
     generator.start()
     try:
         seen = 0
@@ -242,7 +242,7 @@ def test_completed_grows_while_running(server):
 
 
 def test_stop_ends_the_run_early(server):
-    generator = _core.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
     generator.start()
     generator.stop()
     generator.stop()
@@ -251,7 +251,7 @@ def test_stop_ends_the_run_early(server):
 
 
 def test_result_while_running_is_refused(server):
-    generator = _core.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 1, duration=RUN_LIMIT)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 1, duration=RUN_LIMIT)
     with pytest.raises(RuntimeError, match="not been started"):
         generator.result()
     generator.start()
@@ -263,7 +263,7 @@ def test_result_while_running_is_refused(server):
 
 
 def test_a_generator_runs_once(server):
-    generator = _core.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 1, total=1)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 1, total=1)
     generator.start()
     with pytest.raises(RuntimeError, match="already run"):
         generator.start()
@@ -271,7 +271,7 @@ def test_a_generator_runs_once(server):
 
 
 def test_dropping_a_running_generator_stops_it(server):
-    generator = _core.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
+    generator = _loadgen.LoadGenerator("127.0.0.1", port_of(server), request("/echo"), 2, duration=RUN_LIMIT)
     generator.start()
     del generator  # joins its threads; the test would hang if they kept going
 
@@ -310,7 +310,7 @@ def test_localhost_and_ipv6_hosts_are_accepted(host):
     except OSError:
         pytest.skip(f"no {address} on this machine")
     with probe:  # bound, not listening: refused, which proves the address was used
-        generator = _core.LoadGenerator(host, probe.getsockname()[1], request("/"), 1, total=2)
+        generator = _loadgen.LoadGenerator(host, probe.getsockname()[1], request("/"), 1, total=2)
         generator.start()
         assert generator.wait(RUN_LIMIT)
         assert generator.result()["errors"] == {"connect": 2}
@@ -334,4 +334,4 @@ def test_localhost_and_ipv6_hosts_are_accepted(host):
 def test_invalid_arguments_are_refused(arguments, message):
     options = dict(host="127.0.0.1", port=8080, request=request("/"), connections=1) | arguments
     with pytest.raises(ValueError, match=message):
-        _core.LoadGenerator(**options)
+        _loadgen.LoadGenerator(**options)

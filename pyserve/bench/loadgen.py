@@ -1,4 +1,4 @@
-"""The load engines `pyserve bench` can drive: the native one in _core, and a Python one.
+"""The load engines `pyserve bench` can drive: the native one (_loadgen), and a Python one.
 
 Both are closed loops on keep-alive connections: each connection sends a request, waits for
 the whole answer and sends the next. The native engine (epoll, in C++) is the default: a
@@ -39,12 +39,12 @@ def build_request(url: str, body: bytes, content_type: str = "application/octet-
 def run_native(url: str, request: bytes, connections: int, duration: float | None,
                total: int | None, threads: int, timeout: float,
                progress: Progress | None = None) -> RunResult:
-    from pyserve import _core
+    from pyserve.bench import _loadgen
 
     parts = urlsplit(url)
-    generator = _core.LoadGenerator(parts.hostname, parts.port, request, connections,
-                                    duration=duration, total=total, threads=threads,
-                                    timeout=timeout)
+    generator = _loadgen.LoadGenerator(parts.hostname, parts.port, request, connections,
+                                       duration=duration, total=total, threads=threads,
+                                       timeout=timeout)
     generator.start()
     try:
         while not generator.wait(PROGRESS_INTERVAL):

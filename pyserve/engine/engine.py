@@ -1,8 +1,13 @@
 """The engine: registered models and versions, and the way a prediction reaches a worker.
 
-Each model version is extracted once, gets a queue in the C++ scheduler and a set of
-worker processes (pyserve.engine.pool). Unregistering drains: the version stops taking
-requests, what it queued is served, then its workers finish and exit.
+Each model version is extracted once, gets a batcher in the C++ core and a set of worker
+processes (pyserve.engine.pool). Unregistering drains: the version stops taking requests,
+what it queued is served, then its workers finish and exit.
+
+Frontend processes see the registry through snapshots (pyserve.supervisor): the engine
+calls `on_change` whenever what they see changes, and awaits `settle` before a management
+call that changed it returns, so that a model is served everywhere once its registration
+has answered.
 """
 
 from __future__ import annotations
@@ -13,20 +18,40 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
-from pyserve import archive
+from pyserve import _core, archive, frames
 from pyserve.config import Settings
-from pyserve.engine.core import Core, ring_capacity_for, segment_prefix
 from pyserve.engine.loading import RegisterOptions, prepare
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.placement import Placement, visible_gpus
 from pyserve.engine.pool import WorkerPool
-from pyserve.engine.stale import remove_stale_segments
-from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, ServiceUnavailable
-from pyserve.metrics import ServerMetrics, WorkerSummary
+from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, ServiceUnavailable, error_body
+from pyserve.frames import Result
+from pyserve.metrics import ModelStats, ServerMetrics, WorkerSummary
+from pyserve.serving.client import LocalClient
+from pyserve.serving.directory import no_worker
 
 log = logging.getLogger("pyserve.engine")
+
+# Rings hold whole batches; 8 MiB covers TorchServe's default 6.5 MB request limit.
+DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
+DRAIN_POLL_SECONDS = 0.05
+
+
+def ring_capacity_for(max_request_size: int, max_response_size: int) -> int:
+    """A power of two with room for the largest request or response plus framing."""
+    needed = max(max_request_size, max_response_size) + 64 * 1024
+    capacity = DEFAULT_RING_CAPACITY
+    while capacity < needed:
+        capacity *= 2
+    return capacity
+
+
+async def _nothing() -> None:
+    return None
 
 
 def default_worker_count() -> int:
@@ -39,21 +64,22 @@ class Engine:
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
         self.metrics.worker_summary = self.worker_summary
-        capacity = ring_capacity_for(settings.max_request_size, settings.max_response_size)
-        self.core = Core(segment_prefix(), capacity, self._on_worker_event, self._on_batch_done)
+        self.metrics.model_stats = self.model_stats
+        self.core = _core.Core(ring_capacity_for(settings.max_request_size, settings.max_response_size))
+        self.client: LocalClient | None = None
         self.gpus = visible_gpus(settings.number_of_gpu, os.environ)
-        self.pool = WorkerPool(self.core, settings, Placement(self.gpus))
+        self.on_change: Callable[[], None] = lambda: None
+        self.settle: Callable[[], Awaitable[None]] = _nothing
+        self.pool = WorkerPool(self.core, settings, Placement(self.gpus), lambda: self.on_change())
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.default_versions: dict[str, str] = {}
         self._model_ids = itertools.count(1)
-        self._drained: dict[int, asyncio.Future] = {}  # core id -> resolved when its queue is empty
         self._extract_root = Path(tempfile.mkdtemp(prefix="pyserve-models-"))
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        remove_stale_segments()
         self._loop = asyncio.get_running_loop()
-        self.core.start(self._loop)
+        self.client = LocalClient(self.core, self._loop, self._on_events)
         self.pool.start(self._loop)
 
     # -- the registry -----------------------------------------------------------------
@@ -68,6 +94,14 @@ class Engine:
             raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
         return versions[version]
 
+    def healthy(self) -> bool:
+        """TorchServe's /ping: every default version that should have workers has one alive."""
+        for name, default in self.default_versions.items():
+            model = self.models[name][default]
+            if model.config.min_workers > 0 and not model.live_workers():
+                return False
+        return True
+
     def is_default(self, model: ModelVersion) -> bool:
         return self.default_versions.get(model.name) == model.version
 
@@ -77,6 +111,7 @@ class Engine:
         if version not in self.models[name]:
             raise ModelVersionNotFound(f"Model version {version} does not exist for model {name}")
         self.default_versions[name] = version
+        self.on_change()
 
     async def register(
         self,
@@ -100,11 +135,10 @@ class Engine:
         config = model.config
         if config.device_type is None:
             config.device_type = "gpu" if self.gpus else "cpu"
-        self.core.scheduler.add_model(
-            model.core_id, config.batch_size, config.max_batch_delay, config.job_queue_size
-        )
+        self.core.add_model(model.core_id, config.batch_size, config.max_batch_delay, config.job_queue_size)
         self.models.setdefault(model.name, {})[model.version] = model
         self.default_versions.setdefault(model.name, model.version)
+        self.on_change()
         try:
             started = self.pool.scale_to(model, config.min_workers)
         except ServeError:
@@ -114,6 +148,7 @@ class Engine:
             await self.unregister(model)
             raise ServeError(500, "InternalServerException",
                              f"Failed to start workers for model {model.name} version: {model.version}")
+        await self.settle()
         return model
 
     async def unregister(self, model: ModelVersion, timeout: float | None = None) -> None:
@@ -128,19 +163,20 @@ class Engine:
             del self.default_versions[model.name]
         elif self.default_versions[model.name] == model.version:
             self.default_versions[model.name] = sorted(versions)[-1]
+        self.on_change()
 
-        if model.live_workers() and self.core.scheduler.queued(model.core_id):
-            drained = self._drained.setdefault(model.core_id, self._loop.create_future())
-            try:
-                await asyncio.wait_for(asyncio.shield(drained), timeout or model.config.response_timeout)
-            except asyncio.TimeoutError:
+        deadline = time.monotonic() + (timeout or model.config.response_timeout)
+        while model.live_workers() and self.core.queued(model.core_id):
+            if time.monotonic() > deadline:
                 log.warning("unregistering %s:%s before its queue drained", model.name, model.version)
+                break
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
         self.pool.scale_to(model, 0)
         await self.pool.wait_exited(list(model.workers.values()))
-        self._drained.pop(model.core_id, None)
-        leftovers = self.core.scheduler.remove_model(model.core_id)
-        self.core.fail(leftovers, 503, "ServiceUnavailableException",
-                       f'Model "{model.name}" was unregistered before serving this request')
+        self.core.remove_model(model.core_id, 503, error_body(
+            503, "ServiceUnavailableException",
+            f'Model "{model.name}" was unregistered before serving this request'))
+        await self.settle()
         if model.extracted:
             archive.remove_extracted(model.model_dir, self._extract_root)
         if model.dependency_dir is not None:
@@ -156,9 +192,12 @@ class Engine:
         model.config.min_workers = min_workers
         model.config.max_workers = max_workers
         started = self.pool.scale_to(model, min_workers)
+        self.on_change()
         if not synchronous:
             return True
-        return await self.pool.wait_loaded(model, started)
+        loaded = await self.pool.wait_loaded(model, started)
+        await self.settle()
+        return loaded
 
     def worker_summary(self) -> list[WorkerSummary]:
         return [
@@ -167,38 +206,41 @@ class Engine:
             for versions in self.models.values() for model in versions.values()
         ]
 
-    def _on_worker_event(self, worker_id: int, kind: int, frame: bytes) -> None:
-        self.pool.on_worker_event(worker_id, kind, frame)
+    def model_stats(self) -> list[ModelStats]:
+        stats = []
+        for versions in self.models.values():
+            for model in versions.values():
+                (batch_sizes, batch_sum), (depths, depth_sum) = self.core.stats(model.core_id)
+                stats.append(ModelStats(model.name, model.version, batch_sizes, batch_sum, depths, depth_sum))
+        return stats
 
-    def _on_batch_done(self, worker_id: int, size: int, handler_metrics: list) -> None:
-        model = self.pool.model_of(worker_id)
-        if model is None:
-            return
-        self.metrics.batch_stats(model.name, model.version).batch_sizes.observe(size)
-        if handler_metrics:
-            self.metrics.record_handler_metrics(model, handler_metrics)
-        drained = self._drained.get(model.core_id)
-        if drained is not None and not drained.done() and not self.core.scheduler.queued(model.core_id):
-            drained.set_result(True)
+    def _on_events(self, events: list) -> None:
+        for worker_id, kind, frame in events:
+            if kind == frames.METRICS:
+                model = self.pool.model_of(worker_id)
+                if model is not None:
+                    self.metrics.record_handler_metrics(model, frames.unpack(frame))
+            elif worker_id == 0:
+                log.error("core: %s", frame.decode(errors="replace"))
+            else:
+                self.pool.on_worker_event(worker_id, kind, frame)
 
     # -- requests ---------------------------------------------------------------------
 
     def infer(
         self, model: ModelVersion, request_id: str, content_type: str, headers: list, body: bytes
-    ) -> asyncio.Future:
+    ) -> asyncio.Future[Result]:
         if not model.can_serve():
-            raise ServiceUnavailable(
-                f'Model "{model.name}" has no worker to serve inference request. '
-                "Please use scale workers API to add workers."
-            )
-        depth = self.core.scheduler.queued(model.core_id)
-        self.metrics.batch_stats(model.name, model.version).queue_depths.observe(depth)
-        return self.core.submit(model.core_id, request_id, content_type, headers, body)
+            raise no_worker(model.name)
+        return self.client.submit(model.core_id, request_id, content_type, headers, body)[1]
 
     # -- shutdown ---------------------------------------------------------------------
 
     async def close(self) -> None:
         """Lets every worker finish what it holds, then removes all processes and segments."""
         await self.pool.stop_all()
+        if self.client is not None:
+            self.client.close()
+            self.client.fail_all(ServiceUnavailable("Server is shutting down"))
         self.core.close()
         shutil.rmtree(self._extract_root, ignore_errors=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from pyserve import archive
-from pyserve.config import Settings
+from pyserve.config import INT_MAX, Settings
 from pyserve.engine.fetch import fetch, is_url, url_allowed
 from pyserve.engine.models import ModelConfig, ModelVersion
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
@@ -110,8 +110,18 @@ def _non_negative(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _check_yaml_ints(yaml_config: dict) -> None:
+    """TorchServe reads these keys as Java ints: a larger number is refused, never wrapped."""
+    for key in ("batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout", "jobQueueSize",
+                "minWorkers", "maxWorkers"):
+        value = yaml_config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > INT_MAX:
+            raise BadRequest(f"model config {key}: {value} is out of range; at most {INT_MAX}")
+
+
 def settle_config(options: RegisterOptions, yaml_config: dict, settings: Settings,
                   default_workers: int) -> ModelConfig:
+    _check_yaml_ints(yaml_config)
     config = ModelConfig(
         batch_size=_positive(options.batch_size) or _positive(yaml_config.get("batchSize")) or 1,
         max_batch_delay=next(

@@ -1,7 +1,9 @@
 """Worker processes: starting them, waiting for them to load, and what happens when they exit.
 
-A worker that exits unexpectedly is noticed at once (pidfd); the core re-queues what it
-held, and it is restarted with TorchServe's Fibonacci back-off while its model is still
+Starting a worker is all or nothing: if its channel, its process or its pidfd cannot be
+had (descriptors or memory exhausted), whatever was made is undone and the caller gets a
+ServeError that says why. A worker that exits unexpectedly is noticed at once (pidfd); the
+core re-queues what it held, and it is restarted with TorchServe's Fibonacci back-off while its model is still
 registered and short of workers. The back-off starts over once a worker has stayed up for
 STABLE_SECONDS, so a request that kills every worker it meets slows restarts down instead
 of looping. A watchdog kills a worker whose running batch outlives response_timeout.
@@ -13,14 +15,15 @@ import asyncio
 import itertools
 import logging
 import time
+from typing import Callable
 
-from pyserve import _core, protocol
+from pyserve import _core, frames
 from pyserve.config import Settings
-from pyserve.engine.core import Core
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.placement import Placement, PlacementError
 from pyserve.engine.workers import WorkerProcess
-from pyserve.errors import ServeError
+from pyserve.errors import ServeError, error_body
+from pyserve.serving.directory import no_worker
 
 log = logging.getLogger("pyserve.engine")
 
@@ -28,15 +31,20 @@ RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 STABLE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 WATCHDOG_INTERVAL = 1.0
-DIED_TWICE = ("Worker died while running this request, and so did the worker it was "
-              f"retried on; it is not tried again (at most {_core.MAX_ATTEMPTS} workers)")
+DIED_TWICE = error_body(500, "InternalServerException",
+                        "Worker died while running this request, and so did the worker it was "
+                        f"retried on; it is not tried again (at most {_core.MAX_ATTEMPTS} workers)")
+LOST = error_body(500, "InternalServerException",
+                  "The worker this request was pinned to exited before running it")
 
 
 class WorkerPool:
-    def __init__(self, core: Core, settings: Settings, placement: Placement):
+    def __init__(self, core: _core.Core, settings: Settings, placement: Placement,
+                 on_change: Callable[[], None] = lambda: None):
         self.core = core
         self.settings = settings
         self.placement = placement
+        self.on_change = on_change  # a worker became ready, failed or exited
         self.closing = False
         self._ids = itertools.count(settings.initial_worker_port)
         self._workers: dict[int, tuple[WorkerProcess, ModelVersion]] = {}
@@ -52,7 +60,7 @@ class WorkerPool:
         if self.closing:
             return
         for worker, model in list(self._workers.values()):
-            seconds = self.core.scheduler.running_batch_seconds(worker.id)
+            seconds = self.core.running_batch_seconds(worker.id)
             if worker.alive and not worker.timed_out and seconds > model.config.response_timeout:
                 log.error("worker %s of %s:%s took %.0f s, over response_timeout=%s s; killing it",
                           worker.id, model.name, model.version, seconds,
@@ -71,7 +79,7 @@ class WorkerPool:
         """Starts or stops workers until `count` are alive; returns the ones started."""
         live = model.live_workers()
         for worker in live[count:]:
-            self.core.scheduler.stop_worker(worker.id)
+            self.core.stop_worker(worker.id)
             worker.stop()
         missing = count - len(live)
         return [self.spawn(model, starting=missing - started) for started in range(missing)]
@@ -104,7 +112,9 @@ class WorkerPool:
 
     def spawn(self, model: ModelVersion, worker_id: int | None = None,
               starting: int = 1) -> WorkerProcess:
-        """Starts one worker; `starting` counts it and the others started together with it."""
+        """Starts one worker; `starting` counts it and the others started together with it.
+
+        All or nothing: a ServeError leaves no placement, channel or process behind."""
         try:
             placement = self.placement.assign(f"{model.name}:{model.version}",
                                               model.config.device_type, model.config.device_ids,
@@ -112,7 +122,30 @@ class WorkerPool:
         except PlacementError as error:
             raise ServeError(500, "InternalServerException", str(error)) from None
         worker_id = worker_id if worker_id is not None else next(self._ids)
-        load = protocol.encode_load(
+        try:
+            fds = self.core.add_worker(worker_id, model.core_id, self._load_frame(model, placement))
+        except (OSError, RuntimeError) as error:
+            self.placement.release(placement)
+            raise ServeError(500, "InternalServerException",
+                             f"Cannot start a worker for model {model.name}: {error}") from None
+        paths = [str(model.dependency_dir)] if model.dependency_dir else []
+        worker = WorkerProcess(worker_id, model.model_dir, fds, self._exited,
+                               env=placement.environment(), extra_paths=paths)
+        worker.placement = placement
+        try:
+            worker.start(self._loop)
+        except OSError as error:
+            self.core.worker_exited(worker_id, False, (500, DIED_TWICE), (500, DIED_TWICE), (500, LOST))
+            self.placement.release(placement)
+            raise ServeError(500, "InternalServerException",
+                             f"Cannot start a worker for model {model.name}: {error}") from None
+        model.workers[worker_id] = worker
+        self._workers[worker_id] = (worker, model)
+        self.on_change()
+        return worker
+
+    def _load_frame(self, model: ModelVersion, placement) -> bytes:
+        return frames.encode_load(
             {
                 "model_name": model.name,
                 "model_version": model.version,
@@ -129,15 +162,6 @@ class WorkerPool:
                 "model_yaml_config": model.yaml_config,
             }
         )
-        rings = self.core.scheduler.add_worker(worker_id, model.core_id, load)
-        paths = [str(model.dependency_dir)] if model.dependency_dir else []
-        worker = WorkerProcess(worker_id, model.model_dir, rings, self.core.doorbell_name,
-                               self._exited, env=placement.environment(), extra_paths=paths)
-        worker.placement = placement
-        model.workers[worker_id] = worker
-        self._workers[worker_id] = (worker, model)
-        worker.start(self._loop)
-        return worker
 
     async def stop_all(self) -> None:
         """Lets every worker finish what it holds and exit."""
@@ -145,7 +169,7 @@ class WorkerPool:
         workers = [worker for worker, _ in self._workers.values()]
         for worker in workers:
             if worker.alive:
-                self.core.scheduler.stop_worker(worker.id)
+                self.core.stop_worker(worker.id)
                 worker.stop()
         await self.wait_exited(workers)
 
@@ -153,7 +177,7 @@ class WorkerPool:
 
     def on_worker_event(self, worker_id: int, kind: int, frame: bytes) -> None:
         entry = self._workers.get(worker_id)
-        if kind == protocol.BROKEN:
+        if kind == frames.BROKEN:
             log.error("worker %s sent frames that cannot be read (%s); killing it", worker_id,
                       frame.decode(errors="replace"))
             if entry:
@@ -162,25 +186,27 @@ class WorkerPool:
         if entry is None:
             return
         worker, model = entry
-        if kind == protocol.LOADED:
+        if kind == frames.LOADED:
             worker.mark_loaded()
             log.info("worker %s of %s:%s is ready (pid %s)", worker_id, model.name,
                      model.version, worker.pid)
-        elif kind == protocol.LOAD_FAILED:
-            message = protocol.unpack(frame)[1]
+        elif kind == frames.LOAD_FAILED:
+            message = frames.unpack(frame)[1]
             worker.mark_load_failed(message)
             log.error("worker %s of %s:%s failed to load: %s", worker_id, model.name,
                       model.version, message)
+        self.on_change()
 
     def _exited(self, worker: WorkerProcess) -> None:
         _, model = self._workers.pop(worker.id)
         self.placement.release(worker.placement)
         model.workers.pop(worker.id, None)
-        failed, timed_out = self.core.scheduler.worker_exited(worker.id, worker.timed_out)
-        self.core.fail(failed, 500, "InternalServerException", DIED_TWICE)
-        self.core.fail(timed_out, 500, "InternalServerException",
-                       f"Worker did not answer within response_timeout="
-                       f"{model.config.response_timeout} s; it was killed and is restarted")
+        timed_out = error_body(500, "InternalServerException",
+                               f"Worker did not answer within response_timeout="
+                               f"{model.config.response_timeout} s; it was killed and is restarted")
+        self.core.worker_exited(worker.id, worker.timed_out, (500, DIED_TWICE), (500, timed_out),
+                                (500, LOST))
+        self.on_change()
         if worker.loaded_at is not None and time.monotonic() - worker.loaded_at > STABLE_SECONDS:
             self._restart_attempts.pop(worker.id, None)
         expected = worker.stop_requested or self.closing
@@ -195,10 +221,7 @@ class WorkerPool:
 
     def _refuse_queued(self, model: ModelVersion) -> None:
         """No worker is alive or coming back: what the model queued would wait for ever."""
-        leftovers = self.core.scheduler.drain_queue(model.core_id)
-        self.core.fail(leftovers, 503, "ServiceUnavailableException",
-                       f'Model "{model.name}" has no worker to serve inference request. '
-                       "Please use scale workers API to add workers.")
+        self.core.fail_queued(model.core_id, 503, no_worker(model.name).body())
 
     def _schedule_restart(self, model: ModelVersion, worker_id: int) -> None:
         attempt = self._restart_attempts.get(worker_id, 0)

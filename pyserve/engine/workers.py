@@ -48,8 +48,7 @@ class WorkerProcess:
         self,
         worker_id: int,
         model_dir: Path,
-        ring_names: tuple[str, str],
-        doorbell: str,
+        channel_fds: tuple[int, int, int, int],
         on_exit: Callable[["WorkerProcess"], None],
         env: dict[str, str] | None = None,
         extra_paths: list[str] | None = None,
@@ -63,8 +62,7 @@ class WorkerProcess:
         self.stop_requested = False
         self.timed_out = False  # killed by the watchdog for outliving response_timeout
         self.loaded_at: float | None = None  # time.monotonic() when it reported loaded
-        self._ring_names = ring_names
-        self._doorbell = doorbell
+        self._channel_fds = channel_fds
         self._on_exit = on_exit
         self._env = env
         self._extra_paths = extra_paths or []
@@ -88,23 +86,30 @@ class WorkerProcess:
         return self.state is WorkerState.READY
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts the process; OSError (nothing left running) if it or its pidfd cannot be had."""
         self._loop = loop
         self.loaded = loop.create_future()
         self.exited = loop.create_future()
-        requests, responses = self._ring_names
         command = [
             sys.executable, "-m", "pyserve.worker",
-            "--requests", requests,
-            "--responses", responses,
-            "--doorbell", self._doorbell,
+            "--channel", ",".join(map(str, self._channel_fds)),
             "--parent-pid", str(os.getpid()),
         ]
+        # The channel's descriptors are the only ones it inherits (close_fds): no worker can
+        # reach another's channel.
         self._process = subprocess.Popen(
             command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._extra_paths, self._env),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, pass_fds=self._channel_fds,
         )
-        self._pidfd = os.pidfd_open(self._process.pid)
-        loop.add_reader(self._pidfd, self._reap)
+        try:
+            self._pidfd = os.pidfd_open(self._process.pid)
+            loop.add_reader(self._pidfd, self._reap)
+        except OSError:
+            self._process.kill()
+            self._process.wait()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+            raise
 
     def mark_loaded(self) -> None:
         self.loaded_at = time.monotonic()

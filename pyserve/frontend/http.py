@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pyserve.errors import ServeError, error_body
-from pyserve.frontend.tokens import RequireToken, TokenKeys
+from pyserve.frontend.tokens import KeyCheck, RequireToken
 from pyserve.metrics import ServerMetrics
 
 JSON = "application/json"
@@ -155,7 +155,7 @@ class TorchServeHeaders:
 
 
 def listener_app(routes: list[BaseRoute], document: Callable[[], dict],
-                 metrics: ServerMetrics | None, tokens: TokenKeys | None = None,
+                 metrics: ServerMetrics | None, tokens: KeyCheck | None = None,
                  kind: str = "") -> TorchServeHeaders:
     """A listener's ASGI app: its routes, its API description at `/`, TorchServe's errors,
     and, when `tokens` are given, the `kind` key ("inference" or "management") required."""

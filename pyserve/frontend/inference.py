@@ -14,25 +14,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pyserve.config import Settings
-from pyserve.engine import Engine
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.openapi import inference_api
 from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
-from pyserve.frontend.tokens import TokenKeys
+from pyserve.frontend.tokens import KeyCheck
+from pyserve.serving.directory import Directory
 
 PREDICTION_METHODS = ["GET", "POST", "PUT"]
 
 
-def inference_app(engine: Engine, settings: Settings, version: str, tokens: TokenKeys | None = None):
-    predictor = Predictor(engine)
+def inference_app(directory: Directory, settings: Settings, version: str, tokens: KeyCheck | None = None):
+    """`directory`: the engine itself in the server process, its replica in a frontend process."""
+    predictor = Predictor(directory)
     limit = settings.max_request_size
 
     async def ping(request: Request) -> Response:
-        for name, default in engine.default_versions.items():
-            model = engine.models[name][default]
-            if model.config.min_workers > 0 and not model.live_workers():
-                return status_response("Unhealthy", 500)
-        return status_response("Healthy")
+        return status_response("Healthy") if directory.healthy() else status_response("Unhealthy", 500)
 
     async def run(request: Request, explain: bool) -> Response:
         params = request.path_params
@@ -66,5 +63,5 @@ def inference_app(engine: Engine, settings: Settings, version: str, tokens: Toke
         Route("/v2/models/{model_name}/infer", predict, methods=["POST"]),
         Route("/v2/models/{model_name}/explain", explain, methods=["POST"]),
     ]
-    starlette = listener_app(routes, lambda: inference_api(version), engine.metrics, tokens, "inference")
+    starlette = listener_app(routes, lambda: inference_api(version), directory.metrics, tokens, "inference")
     return FastPredictions(predictor, starlette, limit, tokens)

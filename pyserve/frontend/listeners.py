@@ -188,11 +188,11 @@ def bind(address: str, name: str) -> socket.socket:
         raise ListenerError(f"cannot listen on {address} ({name}): {error.strerror}") from None
 
 
-def make_listener(app, address: str, name: str, graceful_shutdown_timeout: int = 30,
+def make_listener(app, sock: socket.socket, name: str, graceful_shutdown_timeout: int = 30,
                   max_request_head: int = MAX_REQUEST_HEAD,
                   request_head_timeout: float = REQUEST_HEAD_TIMEOUT,
                   request_body_timeout: float = REQUEST_BODY_TIMEOUT) -> Listener:
-    sock = bind(address, name)
+    """A uvicorn server for `app` on a bound socket (see bind())."""
     config = uvicorn.Config(
         app,
         http=BoundedHttpTools,

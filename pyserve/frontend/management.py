@@ -174,7 +174,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
             versions = [engine.models[name][v] for v in sorted(engine.models[name])]
         else:
             versions = [engine.model(name, version)]
-        described = [describe_model(model, engine.core.scheduler.queued(model.core_id))
+        described = [describe_model(model, engine.core.queued(model.core_id))
                      for model in versions]
         if as_bool(query(request).get("customized"), False):
             for model, entry in zip(versions, described):
@@ -228,6 +228,7 @@ def management_app(engine: Engine, settings: Settings, version: str,
     async def set_default(request: Request) -> Response:
         name, version = request.path_params["model_name"], request.path_params["model_version"]
         engine.set_default(name, version)
+        await engine.settle()
         return status_response(f'Default version successfully updated for model "{name}" to "{version}"')
 
     async def regenerate_token(request: Request) -> Response:
@@ -237,6 +238,8 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if kind not in ("management", "inference"):
             raise ServeError(400, "InvalidKeyException", AUTHENTICATION_FAILED)
         tokens.regenerate(kind)
+        engine.on_change()
+        await engine.settle()  # the new inference key is in force everywhere when this answers
         return json_response({})
 
     routes = [

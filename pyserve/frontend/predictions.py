@@ -13,11 +13,11 @@ import time
 
 from starlette.requests import ClientDisconnect
 
-from pyserve.engine import Engine
 from pyserve.errors import ServeError
+from pyserve.frames import Result
 from pyserve.frontend.http import NO_CACHE_HEADERS, BodyTooLarge, RequestIds, read_body
-from pyserve.frontend.tokens import AUTHORIZATION_FAILED, TokenKeys
-from pyserve.protocol import Result
+from pyserve.frontend.tokens import AUTHORIZATION_FAILED, KeyCheck
+from pyserve.serving.directory import Directory
 
 JSON = b"application/json"
 METHODS = ("POST", "PUT", "GET")
@@ -27,19 +27,19 @@ PREFIX = "/predictions/"
 class Predictor:
     """What one prediction does, whichever route it came in by."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.metrics = engine.metrics
+    def __init__(self, directory: Directory):
+        self.directory = directory
+        self.metrics = directory.metrics
 
     async def predict(self, name: str, version: str | None, url_path: str, explain: bool,
                       request_id: str, headers: list, content_type: str, body: bytes) -> Result:
         arrival = time.monotonic_ns()
-        model = self.engine.model(name, version)
+        model = self.directory.model(name, version)
         stats = self.metrics.request_stats(name, version or "default")
         stats.requests += 1  # TorchServe counts a request once accepted, even if it then fails
         headers = [*headers, (b"url_path", url_path.encode()),
                    (b"explain", b"True" if explain else b"False")]
-        result = await self.engine.infer(model, request_id, content_type, headers, body)
+        result = await self.directory.infer(model, request_id, content_type, headers, body)
         stats.latency_us += (time.monotonic_ns() - arrival) / 1000
         if result.started_ns:
             stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
@@ -63,7 +63,7 @@ class FastPredictions:
     """ASGI app serving `/predictions/...` itself and passing everything else to `fallback`."""
 
     def __init__(self, predictor: Predictor, fallback, max_request_size: int,
-                 tokens: TokenKeys | None):
+                 tokens: KeyCheck | None):
         self.predictor = predictor
         self.fallback = fallback
         self.limit = max_request_size

@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Protocol
 
 from pyserve.errors import error_body
 
@@ -33,6 +34,19 @@ _OPEN_PATHS = ("/", "/api-description")
 
 def _new_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(6)).decode()
+
+
+class KeyCheck(Protocol):
+    def valid(self, kind: str, authorization: str | None) -> bool: ...
+
+
+def _valid(keys: dict[str, str], expires: dict[str, float], kind: str, authorization: str | None) -> bool:
+    match = _BEARER.match(authorization or "")
+    if match is None or kind not in keys:
+        return False
+    if kind in expires and time.time() > expires[kind]:
+        return False
+    return hmac.compare_digest(match.group(1), keys[kind])
 
 
 class TokenKeys:
@@ -61,12 +75,11 @@ class TokenKeys:
             json.dump(content, file, indent=2)
 
     def valid(self, kind: str, authorization: str | None) -> bool:
-        match = _BEARER.match(authorization or "")
-        if match is None:
-            return False
-        if kind in self.expires and time.time() > self.expires[kind]:
-            return False
-        return hmac.compare_digest(match.group(1), self.keys[kind])
+        return _valid(self.keys, self.expires, kind, authorization)
+
+    def inference_only(self) -> dict:
+        """What a frontend process needs to check inference requests: no other key."""
+        return {"key": self.keys["inference"], "expires": self.expires["inference"]}
 
     def regenerate(self, kind: str) -> None:
         self.keys[kind] = _new_key()
@@ -77,10 +90,24 @@ class TokenKeys:
         self.path.unlink(missing_ok=True)
 
 
+class InferenceKey:
+    """The inference key as a frontend process holds it, updated by the server."""
+
+    def __init__(self, held: dict):
+        self.update(held)
+
+    def update(self, held: dict) -> None:
+        self._keys = {"inference": held["key"]}
+        self._expires = {"inference": held["expires"]}
+
+    def valid(self, kind: str, authorization: str | None) -> bool:
+        return _valid(self._keys, self._expires, kind, authorization)
+
+
 class RequireToken:
     """ASGI wrapper that lets through only requests carrying the listener's key."""
 
-    def __init__(self, app, keys: TokenKeys, kind: str):
+    def __init__(self, app, keys: KeyCheck, kind: str):
         self.app = app
         self.keys = keys
         self.kind = kind

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from pyserve import _core, protocol
+from pyserve import _core, frames
 from pyserve.allocator import tune_allocator
 from pyserve.compat import install_ts_alias
 from pyserve.errors import error_body
@@ -68,31 +68,38 @@ def within_response_limit(results: list, limit: int | None) -> list:
     return checked
 
 
+def _failed(result: list, code: int, message: str) -> list:
+    type = "ServiceUnavailableException" if code == 507 else "InternalServerException"
+    return [result[0], code, "", "application/json", [], error_body(code, type, message)]
+
+
+def send(channel: _core.WorkerChannel, batch_id: int, done: bool, results: list, metrics: list,
+         started_ns: int) -> int:
+    return channel.send(frames.encode_results(batch_id, done, results, metrics, started_ns))
+
+
 def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, metrics: list,
                  started_ns: int) -> None:
-    frame = protocol.encode_results(batch_id, True, results, metrics, started_ns)
-    if len(frame) <= channel.max_frame_size:
-        channel.send(frame)
+    """One frame for the batch; if it does not fit, or memory for it cannot be had, one frame
+    per result, each answer that still cannot be sent replaced by a small error that says why."""
+    if send(channel, batch_id, True, results, metrics, started_ns) == _core.WRITTEN:
         return
-    # Too large for one frame: one frame per result, the last one closing the batch.
     for index, result in enumerate(results):
         done = index == len(results) - 1
-        frame = protocol.encode_results(batch_id, done, [result], metrics if done else [], started_ns)
-        if len(frame) > channel.max_frame_size:
-            message = f"response of {len(result[5])} bytes is larger than the worker's ring"
-            result = [result[0], 500, "", "application/json", [],
-                      error_body(500, "InternalServerException", message)]
-            frame = protocol.encode_results(batch_id, done, [result], metrics if done else [],
-                                            started_ns)
-        channel.send(frame)
+        status = send(channel, batch_id, done, [result], metrics if done else [], started_ns)
+        if status == _core.TOO_LARGE:
+            message = f"response of {len(result[5])} bytes is larger than the worker's channel"
+            status = send(channel, batch_id, done, [_failed(result, 500, message)], [], started_ns)
+        elif status == _core.NO_MEMORY:
+            message = f"not enough memory to send a response of {len(result[5])} bytes"
+            status = send(channel, batch_id, done, [_failed(result, 507, message)], [], started_ns)
+        if status != _core.WRITTEN:
+            raise _core.RingError(f"cannot send results to the server (write status {status})")
 
 
 def receive(channel: _core.WorkerChannel) -> list:
-    """The server's next frame, checked by protocol.decode_request_frame."""
-    frame = channel.receive()
-    if frame is None:  # only a closed ring ends a wait without a timeout
-        return [protocol.STOP]
-    return protocol.decode_request_frame(frame)
+    """The server's next frame, checked by frames.decode_request_frame."""
+    return frames.decode_request_frame(channel.receive())
 
 
 def serve(channel: _core.WorkerChannel) -> int:
@@ -100,7 +107,7 @@ def serve(channel: _core.WorkerChannel) -> int:
     load frame, 3 the server's frames could not be read (FrameError or RingError)."""
     try:
         return _serve(channel)
-    except (protocol.FrameError, _core.RingError) as error:
+    except (frames.FrameError, _core.RingError) as error:
         # Nothing more from this ring can be trusted; the server notices the exit and
         # answers or re-queues the requests this worker held.
         log.error("giving up on the rings shared with the server: %s", error)
@@ -109,7 +116,7 @@ def serve(channel: _core.WorkerChannel) -> int:
 
 def _serve(channel: _core.WorkerChannel) -> int:
     frame = receive(channel)
-    if frame[0] != protocol.LOAD:
+    if frame[0] != frames.LOAD:
         log.error("expected a load frame, got kind %s", frame[0])
         return 2
     settings = frame[1]
@@ -117,17 +124,17 @@ def _serve(channel: _core.WorkerChannel) -> int:
         service = load(settings)
     except BaseException as error:  # noqa: BLE001 - reported to the server, then exit
         log.error("loading model %s failed:\n%s", settings.get("model_name"), traceback.format_exc())
-        channel.send(protocol.encode_load_failed(f"{type(error).__name__}: {error}"))
+        channel.send(frames.encode_load_failed(f"{type(error).__name__}: {error}"))
         return 1
-    channel.send(protocol.encode_loaded({"pid": os.getpid()}))
+    channel.send(frames.encode_loaded({"pid": os.getpid()}))
 
     while True:
         frame = receive(channel)
         started_ns = time.monotonic_ns()
         kind = frame[0]
-        if kind == protocol.STOP:
+        if kind == frames.STOP:
             return 0
-        if kind == protocol.BATCH:
+        if kind == frames.BATCH:
             _, batch_id, requests = frame
             results = within_response_limit(service.predict(requests),
                                             settings.get("max_response_size"))
@@ -138,9 +145,9 @@ def _serve(channel: _core.WorkerChannel) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyserve.worker", description=__doc__)
-    parser.add_argument("--requests", required=True, help="name of the request ring")
-    parser.add_argument("--responses", required=True, help="name of the response ring")
-    parser.add_argument("--doorbell", required=True, help="name of the server's doorbell")
+    parser.add_argument("--channel", required=True,
+                        help="the inherited descriptors of its channel: down ring, up ring, "
+                             "up eventfd, down eventfd, comma-separated")
     parser.add_argument("--parent-pid", type=int, required=True, help="the server's pid")
     args = parser.parse_args(argv)
 
@@ -154,5 +161,5 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     if os.getppid() != args.parent_pid:
         return 1  # the server died before the death signal was armed
-    channel = _core.WorkerChannel(args.requests, args.responses, args.doorbell)
+    channel = _core.WorkerChannel(*(int(fd) for fd in args.channel.split(",")))
     return serve(channel)

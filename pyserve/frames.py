@@ -1,13 +1,13 @@
-"""The frames the server and its workers exchange over shared memory.
+"""The frames that cross a channel between the server and its workers and frontends.
 
-Every frame is one msgpack array whose first item is its kind; the numbers come from
-csrc/protocol.hpp through ``_core``, so both sides agree by construction. The core
-uses only a frame's kind and, for results, the batch id and ``done`` flag, and passes
-the frame's bytes on untouched (after checking all of it, see below).
+Every msgpack frame is one array whose first item is its kind; the numbers come from
+csrc/core/frames.hpp through ``_core``, so both sides agree by construction. The core
+frames requests without re-encoding them, and reads a worker's frames only to check them
+and route each result back to the process its request came from.
 
 Server to worker::
 
-    [LOAD, settings]                      settings: a dict, see engine/workers.py
+    [LOAD, settings]                      settings: a dict, see engine/pool.py
     [BATCH, batch_id, [request, ...]]     requests exactly as encode_request packed them
     [STOP]                                finish what you hold, then exit
 
@@ -17,21 +17,28 @@ Worker to server::
     [LOAD_FAILED, message]
     [RESULTS, batch_id, done, [result, ...], [metric update, ...], started_ns]
 
+Server to the process a request came from (a frontend, or the server's own Python)::
+
+    [REPLY, started_ns, [result, ...]]    results as the worker wrote them, or made by the core
+    [REFUSED, request_id, status]         not queued: a SUBMIT_* status
+
 A request is ``{"id", "request_id", "content_type", "headers", "body"}``: the core's
 integer id, the client-visible request id, the body's content type, the HTTP headers as
 ``[[name, value], ...]`` byte pairs, and the raw body. A result is
 ``[id, status, phrase, content_type, headers, body]`` with ``headers`` a list of
-``[name, value]`` string pairs and ``content_type`` None when the handler set none. A
-metric update is what a handler recorded through ``context.metrics``:
-``[name, unit, type, [dimension names], [dimension values], value]``. ``started_ns`` is
-when the worker began the batch, on CLOCK_MONOTONIC, which every process on the host
-shares: the frontend subtracts a request's arrival from it to get its queue latency.
+``[name, value]`` string pairs and ``content_type`` None when the handler set none; a
+seventh item ``more=True`` marks a part of a streamed answer that more parts follow. A
+``done`` results frame ends its batch: the core answers any request of the batch it left
+out with a 500. A metric update is what a handler recorded through ``context.metrics``:
+``[name, unit, type, [dimension names], [dimension values], value]``. ``started_ns`` is when
+the worker began the batch, on CLOCK_MONOTONIC, which every process on the host shares: the
+frontend subtracts a request's arrival from it to get its queue latency.
 
 Frames cross shared memory, so neither side trusts the other's bytes. The core checks
 every frame a worker writes against the shapes above before Python sees it
-(``_core.decode_response_frame`` runs that same check); a worker whose frame fails it is
-reported as BROKEN. The worker checks the server's frames with ``decode_request_frame``.
-Both raise ``FrameError``, a ValueError.
+(``_core.decode_worker_frame`` runs that same check); a worker whose frame fails it, or
+answers a request its batch does not hold, is reported as BROKEN. The worker checks the
+server's frames with ``decode_request_frame``. Both raise ``FrameError``, a ValueError.
 """
 
 from __future__ import annotations
@@ -48,7 +55,10 @@ STOP = _core.FRAME_STOP
 LOADED = _core.FRAME_LOADED
 LOAD_FAILED = _core.FRAME_LOAD_FAILED
 RESULTS = _core.FRAME_RESULTS
+REPLY = _core.FRAME_REPLY
+REFUSED = _core.FRAME_REFUSED
 BROKEN = _core.FRAME_BROKEN
+METRICS = _core.FRAME_METRICS
 
 # A frame that is not what the protocol says; a ValueError. The same class the core raises.
 FrameError = _core.FrameError
@@ -63,6 +73,7 @@ class Result(NamedTuple):
     content_type: str | None
     headers: list[list[str]]
     body: bytes
+    more: bool = False  # a part of a streamed answer; more parts follow
     started_ns: int = 0  # when a worker began the batch; 0 if none did
 
 

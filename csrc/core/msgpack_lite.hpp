@@ -46,6 +46,73 @@ inline uint8_t* put_array32(uint8_t* out, uint32_t count) {
     return out;
 }
 
+// Appends msgpack values to a string, always in the shortest form.
+class Writer {
+   public:
+    explicit Writer(std::string& out) : out_(out) {}
+
+    void array_header(size_t count) { sized(count, 0x90, 16, 0xdc, 0xdd); }
+    void map_header(size_t count) { sized(count, 0x80, 16, 0xde, 0xdf); }
+    void nil() { out_.push_back(static_cast<char>(0xc0)); }
+    void boolean(bool value) { out_.push_back(static_cast<char>(value ? 0xc3 : 0xc2)); }
+    void uint(uint64_t value) {
+        if (value <= 0x7f) {
+            out_.push_back(static_cast<char>(value));
+        } else if (value <= 0xff) {
+            tagged(0xcc, value, 1);
+        } else if (value <= 0xffff) {
+            tagged(0xcd, value, 2);
+        } else if (value <= 0xffffffffULL) {
+            tagged(0xce, value, 4);
+        } else {
+            tagged(0xcf, value, 8);
+        }
+    }
+    void str(std::string_view text) {
+        if (text.size() < 32) {
+            out_.push_back(static_cast<char>(0xa0 | text.size()));
+        } else if (text.size() <= 0xff) {
+            tagged(0xd9, text.size(), 1);
+        } else if (text.size() <= 0xffff) {
+            tagged(0xda, text.size(), 2);
+        } else {
+            tagged(0xdb, text.size(), 4);
+        }
+        out_.append(text);
+    }
+    void bin(std::string_view bytes) {
+        if (bytes.size() <= 0xff) {
+            tagged(0xc4, bytes.size(), 1);
+        } else if (bytes.size() <= 0xffff) {
+            tagged(0xc5, bytes.size(), 2);
+        } else {
+            tagged(0xc6, bytes.size(), 4);
+        }
+        out_.append(bytes);
+    }
+    // Bytes that already are msgpack values.
+    void raw(std::string_view encoded) { out_.append(encoded); }
+
+   private:
+    void sized(size_t count, uint8_t fix, size_t fix_limit, uint8_t tag16, uint8_t tag32) {
+        if (count < fix_limit) {
+            out_.push_back(static_cast<char>(fix | count));
+        } else if (count <= 0xffff) {
+            tagged(tag16, count, 2);
+        } else {
+            tagged(tag32, count, 4);
+        }
+    }
+    void tagged(uint8_t tag, uint64_t value, int bytes) {
+        out_.push_back(static_cast<char>(tag));
+        for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
+            out_.push_back(static_cast<char>(value >> shift));
+        }
+    }
+
+    std::string& out_;
+};
+
 // Whether `data` is UTF-8 as Python's strict decoder reads it: no overlong forms, no
 // surrogates, nothing above U+10FFFF. msgpack str values must pass it, because Python
 // decodes them with raw=False and would raise on anything else.
@@ -94,6 +161,7 @@ class Reader {
 
     bool at_end() const { return pos_ == size_; }
     size_t remaining() const { return size_ - pos_; }
+    size_t position() const { return pos_; }
 
     uint32_t read_array_header() {
         const uint8_t tag = byte();

@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
-#include "futex.hpp"
-#include "shared_memory.hpp"
+#include "../common/clock.hpp"
+#include "../common/unique_fd.hpp"
 
 namespace pyserve {
 

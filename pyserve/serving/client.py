@@ -1,0 +1,190 @@
+"""How a process hands requests to the core and gets their answers back.
+
+The server process calls the core directly (LocalClient); a frontend process writes to its
+channel (ChannelClient). Both get the same reply frames back, one eventfd wake-up for many
+of them, and resolve the same futures, so the code above them does not know which it has.
+Request ids carry the process's origin in their top bits, so that every process numbers
+its own requests and the core routes each answer back without a lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import Callable
+
+from pyserve import _core, frames
+from pyserve.errors import QueueFull, ServeError, ServiceUnavailable
+from pyserve.frames import Result
+
+log = logging.getLogger("pyserve.serving")
+
+# (worker id, kind, frame): LOADED, LOAD_FAILED, BROKEN or METRICS, for the server process only.
+Events = Callable[[list], None]
+OnPart = Callable[[Result], None]
+
+
+def refusal(status: int) -> ServeError:
+    """The answer to a request the core would not queue."""
+    if status == _core.SUBMIT_QUEUE_FULL:
+        return QueueFull("Model queue is full: job_queue_size reached, retry later")
+    if status == _core.SUBMIT_TOO_LARGE:
+        return ServeError(413, "RequestTooLargeException", "Request is larger than a worker can take")
+    if status == _core.SUBMIT_UNKNOWN_WORKER:
+        return ServiceUnavailable("The worker this request must run on is gone")
+    return ServiceUnavailable("Model is not being served")
+
+
+def _channel_refusal(status: int) -> ServeError:
+    if status == _core.NO_MEMORY:
+        return ServeError(507, "ServiceUnavailableException",
+                          "Not enough memory in the frontend's channel for this request")
+    return refusal(_core.SUBMIT_TOO_LARGE)
+
+
+class Client:
+    """The futures of the requests this process submitted, resolved from reply frames."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: int = 0):
+        self.loop = loop
+        self._pending: dict[int, asyncio.Future] = {}
+        self._parts: dict[int, OnPart] = {}
+        self._ids = itertools.count((origin << _core.ORIGIN_SHIFT) + 1)
+
+    def submit(self, model_id: int, request_id: str, content_type: str, headers: list, body: bytes,
+               worker: int = 0, on_part: OnPart | None = None) -> tuple[int, asyncio.Future]:
+        """Queues one request: (its id, a future of its Result). `on_part` gets the parts of a
+        streamed answer that come before the last one."""
+        id = next(self._ids)
+        self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body), worker)
+        future = self.loop.create_future()
+        self._pending[id] = future
+        if on_part is not None:
+            self._parts[id] = on_part
+        return id, future
+
+    def forget(self, id: int) -> None:
+        """Nobody waits for this request any more: its answer, if any, is dropped."""
+        self._pending.pop(id, None)
+        self._parts.pop(id, None)
+
+    def fail_all(self, error: ServeError) -> None:
+        pending, self._pending = self._pending, {}
+        self._parts.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
+        raise NotImplementedError
+
+    def cancel(self, model_id: int, id: int) -> None:
+        """Takes a queued request out of its queue (it never runs), or drops the answer of a
+        running one; its future is forgotten either way."""
+        raise NotImplementedError
+
+    def _on_replies(self, replies: list[bytes]) -> None:
+        for reply in replies:
+            kind, first, second = frames.unpack(reply)
+            if kind == frames.REPLY:
+                for result in second:
+                    self._resolve(Result(*result, started_ns=first))
+            elif kind == frames.REFUSED:
+                future = self._pending.pop(first, None)
+                self._parts.pop(first, None)
+                if future is not None and not future.done():
+                    future.set_exception(refusal(second))
+
+    def _resolve(self, result: Result) -> None:
+        if result.more:
+            on_part = self._parts.get(result.id)
+            if on_part is not None:
+                on_part(result)
+            return
+        future = self._pending.pop(result.id, None)
+        self._parts.pop(result.id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+
+class LocalClient(Client):
+    """The server process's own requests, straight into the core; also its worker events."""
+
+    def __init__(self, core: _core.Core, loop: asyncio.AbstractEventLoop, on_events: Events):
+        super().__init__(loop)
+        self.core = core
+        self._on_events = on_events
+        loop.add_reader(core.notify_fd, self._take)
+
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
+        status = self.core.submit(model_id, id, payload, worker)
+        if status != _core.SUBMIT_QUEUED:
+            raise refusal(status)
+
+    def cancel(self, model_id: int, id: int) -> None:
+        self.forget(id)
+        self.core.cancel(model_id, id)
+
+    def _take(self) -> None:
+        replies, events = self.core.take()
+        self._on_replies(replies)
+        if events:
+            try:
+                self._on_events(events)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the loop's reader
+                log.exception("handling a worker event failed")
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.core.notify_fd)
+
+
+class ChannelClient(Client):
+    """A frontend process's requests, through its channel to the server's core.
+
+    A submission that finds the channel full waits in a backlog, in order, until the core
+    has read enough to make room (it wakes this side through the same eventfd as replies).
+    The backlog holds at most one request per open connection: each waits for its answer.
+    """
+
+    def __init__(self, channel: _core.FrontendChannel, origin: int, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop, origin)
+        self.channel = channel
+        self._backlog: deque[tuple[int, int, bytes, int]] = deque()
+        loop.add_reader(channel.wait_fd, self._take)
+
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
+        if self._backlog or not self._write(model_id, id, payload, worker):
+            self._backlog.append((model_id, id, payload, worker))
+
+    def _write(self, model_id: int, id: int, payload: bytes, worker: int) -> bool:
+        """False when there is no room yet; raises for a request that can never be sent."""
+        status = self.channel.submit(model_id, id, payload, worker)
+        if status == _core.NO_ROOM and self.channel.wait_for_room(len(payload)):
+            status = self.channel.submit(model_id, id, payload, worker)
+        if status == _core.NO_ROOM:
+            return False
+        if status != _core.WRITTEN:
+            raise _channel_refusal(status)
+        return True
+
+    def cancel(self, model_id: int, id: int) -> None:
+        self.forget(id)
+        self.channel.cancel(model_id, id)
+
+    def _take(self) -> None:
+        self._on_replies(self.channel.take())
+        while self._backlog:
+            model_id, id, payload, worker = self._backlog[0]
+            try:
+                if not self._write(model_id, id, payload, worker):
+                    return
+            except ServeError as error:
+                future = self._pending.pop(id, None)
+                if future is not None and not future.done():
+                    future.set_exception(error)
+            self._backlog.popleft()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.channel.wait_fd)
