@@ -1,9 +1,10 @@
 """The servers benchmarks/compare.py puts side by side, started the way their users start them.
 
 Each is timed from the command to its first successful prediction (cold start) and measured
-from /proc: the frontend's resident memory once idle, and the CPU time of its whole process
-tree (frontend and workers), so that a run's server CPU per request can be set beside the
-load client's.
+from /proc: the frontend's resident memory once idle, the CPU time of its whole process tree
+(frontends and workers), so that a run's server CPU per request can be set beside the load
+client's, and that of its HTTP side alone (pyserve's server process with its core thread and
+its frontend processes; TorchServe's JVM).
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ class Server:
     def cpu_seconds(self) -> float:
         return cpu_seconds(descendants(self.process.pid))  # frontend and workers
 
+    def http_cpu_seconds(self) -> float:
+        """CPU of the processes that parse HTTP, and for pyserve its core thread too."""
+        if self.name == "torchserve":
+            return cpu_seconds([self.frontend()])
+        frontends = [pid for pid in descendants(self.process.pid) if is_frontend_process(pid)]
+        return cpu_seconds([self.process.pid, *frontends])
+
     def wait_first_prediction(self, started: float, model: str, body: bytes,
                               content_type: str) -> None:
         """Polls until the model answers 200; records the cold start and the idle RSS."""
@@ -122,20 +130,31 @@ class Server:
 
 
 
-def start_pyserve(work: Path, store: Path, models: list[str]) -> tuple[Server, float]:
+def is_frontend_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"pyserve.frontend.process" in cmdline.read()
+    except OSError:
+        return False
+
+
+def start_pyserve(work: Path, store: Path, models: list[str],
+                  frontends: int = 1) -> tuple[Server, float]:
     """Started with Popen, not control.spawn_server: the cold start is timed by polling
     predictions, the same way for both servers, not by pyserve's own ready report."""
-    home = work / "pyserve"
+    name = "pyserve" if frontends == 1 else f"pyserve-{frontends}f"
+    home = work / name
     home.mkdir()
     config = home / "config.properties"
-    inference, _, _ = write_loopback_config(config, default_workers_per_model=1)
+    inference, _, _ = write_loopback_config(config, default_workers_per_model=1,
+                                            frontend_processes=frontends)
     started = time.perf_counter()
     with open(home / "pyserve.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [sys.executable, "-P", "-m", "pyserve", "start", "--foreground", "--model-store",
              str(store), "--ts-config", str(config), "--models", *models],
             stdout=log, stderr=subprocess.STDOUT, cwd=home, env=dict(os.environ, TMPDIR=str(home)))
-    return Server("pyserve", process, inference), started
+    return Server(name, process, inference), started
 
 
 def torchserve_installed() -> bool:

@@ -73,7 +73,7 @@ WriteStatus Ring::reserve(size_t size, uint8_t** room) {
     const size_t begin = start % capacity_;
     const size_t end = begin + stride(size);
     const size_t reach = skip ? std::max(end, offset + kFrameHeader) : end;  // furthest byte touched
-    if (reach > kInitialCommit) last_large_ = Clock::now();
+    if (end > kInitialCommit) last_large_ = Clock::now();
     if (!region_.commit(std::min<size_t>(end, capacity_))) return WriteStatus::kNoMemory;
     if (was_empty && reach <= kInitialCommit && region_.committed() > kInitialCommit &&
         Clock::now() - last_large_ > kTrimAfter) {
