@@ -16,6 +16,7 @@ Worker to server::
     [LOADED, info]                        info: {"pid": int}
     [LOAD_FAILED, message]
     [RESULTS, batch_id, done, [result, ...], [metric update, ...], started_ns]
+    [METRIC_UPDATES, [metric update, ...]]   what the handler recorded, sent while idle
 
 Server to the process a request came from (a frontend, or the server's own Python)::
 
@@ -55,6 +56,7 @@ STOP = _core.FRAME_STOP
 LOADED = _core.FRAME_LOADED
 LOAD_FAILED = _core.FRAME_LOAD_FAILED
 RESULTS = _core.FRAME_RESULTS
+METRIC_UPDATES = _core.FRAME_METRIC_UPDATES
 REPLY = _core.FRAME_REPLY
 REFUSED = _core.FRAME_REFUSED
 BROKEN = _core.FRAME_BROKEN
@@ -106,12 +108,12 @@ def _check_request(request: Any) -> None:
             and isinstance(request.get("body"), bytes)):
         raise FrameError("a request needs id, request_id, content_type and body of their types")
     headers = request.get("headers")
-    if not isinstance(headers, list) or not all(
-        isinstance(pair, list) and len(pair) == 2
-        and isinstance(pair[0], bytes) and isinstance(pair[1], bytes)
-        for pair in headers
-    ):
+    if type(headers) is not list:
         raise FrameError("request headers must be [[name, value], ...] byte pairs")
+    for pair in headers:  # a loop, not all(...): this runs for every header of every request
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not bytes \
+                or type(pair[1]) is not bytes:
+            raise FrameError("request headers must be [[name, value], ...] byte pairs")
 
 
 def decode_request_frame(frame: bytes) -> list:
@@ -161,6 +163,10 @@ def encode_loaded(info: dict) -> bytes:
 
 def encode_load_failed(message: str) -> bytes:
     return _packb([LOAD_FAILED, message])
+
+
+def encode_metric_updates(metrics: list) -> bytes:
+    return _packb([METRIC_UPDATES, metrics])
 
 
 def encode_results(

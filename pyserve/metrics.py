@@ -113,6 +113,7 @@ class ServerMetrics:
         self.handler: dict[str, _HandlerFamily] = {}
         self.worker_summary = worker_summary
         self.model_stats: Callable[[], Iterable[ModelStats]] | None = None
+        self.refresh: Callable[[], None] | None = None  # collects what waits to be counted
         self._others: Iterable[dict] = ()  # other processes' counters, during render()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -244,6 +245,8 @@ class ServerMetrics:
     def render(self, names: list[str] | None = None, others: Iterable[dict] = ()) -> bytes:
         """The text exposition, `others` (counters() of other processes) added in; `names`
         (TorchServe's name[] filter) keeps only those families."""
+        if self.refresh is not None:
+            self.refresh()
         self._others = others
         try:
             if not names:

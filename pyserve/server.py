@@ -24,7 +24,7 @@ from pyserve.engine import Engine
 from pyserve.engine.loading import RegisterOptions
 from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
-from pyserve.frontend.listeners import Listener, ListenerError, bind, make_listener
+from pyserve.frontend.listeners import Listener, ListenerError, bind, bind_group, make_listener
 from pyserve.frontend.management import management_app
 from pyserve.frontend.metrics import metrics_app
 from pyserve.frontend.tokens import TokenKeys
@@ -94,13 +94,14 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     frontends = frontend_count(settings)
     try:
         try:
-            inference_socket = bind(settings.inference_address, "inference")
             if frontends == 1:
                 listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
-                                               inference_socket, "inference", drain))
+                                               bind(settings.inference_address, "inference"),
+                                               "inference", drain))
             else:
-                supervisor = FrontendSupervisor(engine, settings, __version__, inference_socket,
-                                                tokens, frontends)
+                supervisor = FrontendSupervisor(
+                    engine, settings, __version__,
+                    bind_group(settings.inference_address, "inference", frontends), tokens)
                 engine.on_change, engine.settle = supervisor.changed, supervisor.settle
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
                                            bind(settings.management_address, "management"),
@@ -127,7 +128,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
         if supervisor is not None:
             log.info("listening on %s:%s (inference, %d frontend processes)",
-                     *inference_socket.getsockname()[:2], frontends)
+                     *supervisor.sockets[0].getsockname()[:2], frontends)
         for listener in listeners:
             log.info("listening on %s:%s", *listener.socket.getsockname()[:2])
         if tokens is not None:
@@ -151,7 +152,8 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         for listener in listeners:
             listener.socket.close()
         if supervisor is not None:
-            supervisor.socket.close()
+            for sock in supervisor.sockets:
+                sock.close()
         if tokens is not None:
             tokens.remove_file()
         log.info("stopped")

@@ -1,10 +1,12 @@
 """N frontend processes on the inference listener, so that HTTP uses every core.
 
 One Python event loop parses HTTP for one core's worth of requests. With
-`frontend_processes` above 1 the server process binds the inference socket and starts that
-many frontend processes (pyserve.frontend.process) that accept on it, each a uvloop
-Starlette app with its own channel to the server's core: batches still form across all
-their connections, because every request meets the same per-model batcher.
+`frontend_processes` above 1 the server process binds that many sockets on the inference
+address (SO_REUSEPORT: the kernel spreads connections over them) and starts as many
+frontend processes (pyserve.frontend.process), each accepting on its own socket, each a
+uvloop Starlette app with its own channel to the server's core: batches still form across
+all their connections, because every request meets the same per-model batcher. The server
+keeps every socket open, so a restarting frontend's new connections wait in its backlog.
 
 What a frontend knows of the models, their health and the inference key comes in numbered
 snapshots over its control link (pyserve.serving.link). The engine calls `changed()` when
@@ -79,14 +81,14 @@ class Frontend:
 
 
 class FrontendSupervisor:
-    def __init__(self, engine, settings: Settings, version: str, sock: socket.socket,
-                 tokens: TokenKeys | None, count: int):
+    def __init__(self, engine, settings: Settings, version: str, sockets: list[socket.socket],
+                 tokens: TokenKeys | None):
         self.engine = engine
         self.settings = settings
         self.version = version
-        self.socket = sock
+        self.sockets = sockets  # one per frontend slot
         self.tokens = tokens
-        self.count = count
+        self.count = len(sockets)
         self.frontends: dict[int, Frontend] = {}  # by slot
         self.closing = False
         self._generation = 0
@@ -112,12 +114,13 @@ class FrontendSupervisor:
         origin, fds = self.engine.core.add_frontend()
         ours, theirs = socket.socketpair()
         process = None
+        listening = self.sockets[slot].fileno()
         try:
-            inherited = (self.socket.fileno(), *fds, theirs.fileno())
+            inherited = (listening, *fds, theirs.fileno())
             process = subprocess.Popen(
                 # -P: the installed pyserve, even when the server runs from a checkout.
                 [sys.executable, "-P", "-m", "pyserve.frontend.process",
-                 "--listen-fd", str(self.socket.fileno()), "--channel", ",".join(map(str, fds)),
+                 "--listen-fd", str(listening), "--channel", ",".join(map(str, fds)),
                  "--origin", str(origin), "--link-fd", str(theirs.fileno()),
                  "--parent-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, pass_fds=inherited,

@@ -143,6 +143,7 @@ void bind_constants(py::module_& m) {
     m.attr("FRAME_LOADED") = frames::kLoaded;
     m.attr("FRAME_LOAD_FAILED") = frames::kLoadFailed;
     m.attr("FRAME_RESULTS") = frames::kResults;
+    m.attr("FRAME_METRIC_UPDATES") = frames::kMetricUpdates;
     m.attr("FRAME_REPLY") = frames::kReply;
     m.attr("FRAME_REFUSED") = frames::kRefused;
     m.attr("FRAME_BROKEN") = frames::kBroken;
@@ -168,7 +169,9 @@ void bind_constants(py::module_& m) {
 void bind_core(py::module_& m) {
     py::class_<Core>(m, "Core", "Every model's batcher and every worker's and frontend's channel.")
         .def(py::init<size_t>(), py::arg("ring_capacity"))
-        .def_property_readonly("notify_fd", &Core::notify_fd, "Readable when take() has something.")
+        .def_property_readonly("notify_fd", &Core::notify_fd,
+                               "Readable when take() has something; handler metrics (METRICS events)\n"
+                               "do not make it readable, they wait for the next take().")
         .def_property_readonly("max_request_size", &Core::max_request_size)
         .def(
             "add_model",

@@ -377,9 +377,12 @@ Taken Core::take() {
 // ---- routing -----------------------------------------------------------------------------
 
 void Core::push_event(Event event) {
+    // Handler metrics come with every batch and are read when metrics are scraped: they wait
+    // for the next take() instead of waking the server's event loop once per batch.
+    const bool wake = event.kind != frames::kMetrics;
     std::lock_guard lock(local_.mutex);
     local_.events.push_back(std::move(event));
-    if (!std::exchange(local_.signalled, true)) signal_eventfd(local_.notify.get());
+    if (wake && !std::exchange(local_.signalled, true)) signal_eventfd(local_.notify.get());
 }
 
 void Core::deliver(uint32_t origin, std::string frame) {
@@ -629,6 +632,11 @@ void Core::collect(Worker& worker, ModelBatcher& model, Outbox& out) {
 void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::string& frame, Outbox& out) {
     const auto* bytes = reinterpret_cast<const uint8_t*>(frame.data());
     const frames::WorkerFrame parsed = frames::parse_worker_frame(bytes, frame.size());
+    if (parsed.kind == frames::kMetricUpdates) {
+        push_event({worker.id, frames::kMetrics,
+                    frame.substr(parsed.metrics_begin, parsed.metrics_end - parsed.metrics_begin)});
+        return;
+    }
     if (parsed.kind != frames::kResults) {
         {
             std::lock_guard lock(model.mutex());

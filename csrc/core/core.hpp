@@ -78,7 +78,7 @@ class Core {
     Core(const Core&) = delete;
     Core& operator=(const Core&) = delete;
 
-    // Readable when take() has something.
+    // Readable when take() has something, handler metrics apart: they wait for the next take().
     int notify_fd() const { return local_.notify.get(); }
     // The largest request payload a batch frame can carry.
     size_t max_request_size() const;

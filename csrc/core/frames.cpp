@@ -55,7 +55,8 @@ WorkerFrame parse_worker_frame(const uint8_t* data, size_t size) {
     if (items < 1) throw FormatError("empty frame");
     const uint64_t kind = reader.read_uint();
     const uint32_t expected = kind == kResults ? 6 : 2;  // [kind, payload] for the others
-    if (items != expected && (kind == kLoaded || kind == kLoadFailed || kind == kResults)) {
+    if (items != expected &&
+        (kind == kLoaded || kind == kLoadFailed || kind == kResults || kind == kMetricUpdates)) {
         throw FormatError("a frame of kind " + std::to_string(kind) + " must have " +
                           std::to_string(expected) + " items");
     }
@@ -81,6 +82,12 @@ WorkerFrame parse_worker_frame(const uint8_t* data, size_t size) {
             frame.started_ns = reader.read_uint();
             break;
         }
+        case kMetricUpdates:
+            frame.metrics_begin = reader.position();
+            frame.metric_count = reader.read_array_header();
+            for (size_t n = frame.metric_count; n > 0; --n) read_metric(reader);
+            frame.metrics_end = reader.position();
+            break;
         default:
             throw FormatError("unknown frame kind " + std::to_string(kind));
     }

@@ -25,6 +25,7 @@ constexpr uint8_t kStop = 3;   // [kStop]
 constexpr uint8_t kLoaded = 11;      // [kLoaded, info]
 constexpr uint8_t kLoadFailed = 12;  // [kLoadFailed, message]
 constexpr uint8_t kResults = 13;     // [kResults, batch_id, done, [result, ...], [metric, ...], started_ns]
+constexpr uint8_t kMetricUpdates = 14;  // [kMetricUpdates, [metric, ...]]: metrics of an idle worker
 
 // Frontend -> server: SubmitHeader or CancelHeader, binary.
 constexpr uint8_t kSubmit = 21;
@@ -68,6 +69,7 @@ struct WorkerFrame {
     uint64_t batch_id = 0;
     bool done = false;
     std::vector<ResultSpan> results;
+    // kResults and kMetricUpdates:
     size_t metrics_begin = 0;  // the metric list's bytes
     size_t metrics_end = 0;
     size_t metric_count = 0;

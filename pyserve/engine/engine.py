@@ -39,6 +39,7 @@ log = logging.getLogger("pyserve.engine")
 # Rings hold whole batches; 8 MiB covers TorchServe's default 6.5 MB request limit.
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
 DRAIN_POLL_SECONDS = 0.05
+EVENTS_POLL_SECONDS = 1.0  # how often handler metrics, which wake nobody, are collected
 
 
 def ring_capacity_for(max_request_size: int, max_response_size: int) -> int:
@@ -80,7 +81,15 @@ class Engine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.client = LocalClient(self.core, self._loop, self._on_events)
+        self.metrics.refresh = self.client.take
         self.pool.start(self._loop)
+        self._loop.call_later(EVENTS_POLL_SECONDS, self._poll_events)
+
+    def _poll_events(self) -> None:
+        if self.client is None or self.pool.closing:
+            return
+        self.client.take()
+        self._loop.call_later(EVENTS_POLL_SECONDS, self._poll_events)
 
     # -- the registry -----------------------------------------------------------------
 

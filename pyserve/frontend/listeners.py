@@ -188,6 +188,29 @@ def bind(address: str, name: str) -> socket.socket:
         raise ListenerError(f"cannot listen on {address} ({name}): {error.strerror}") from None
 
 
+def bind_group(address: str, name: str, count: int) -> list[socket.socket]:
+    """`count` listening sockets on one address (SO_REUSEPORT), one per frontend process.
+
+    The kernel spreads new connections over them evenly; processes that share one socket
+    get whatever each wins in the race to accept, and one of them may end up with most of
+    the connections. The address is first bound alone, so that a busy one is reported as
+    with one socket, even when another server holds it with SO_REUSEPORT too."""
+    probe = bind(address, name)
+    host, port = probe.getsockname()[:2]
+    probe.close()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_server((host, port), family=family, backlog=2048,
+                                                reuse_port=True))
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        raise ListenerError(f"cannot listen on {address} ({name}): {error.strerror}") from None
+    return sockets
+
+
 def make_listener(app, sock: socket.socket, name: str, graceful_shutdown_timeout: int = 30,
                   max_request_head: int = MAX_REQUEST_HEAD,
                   request_head_timeout: float = REQUEST_HEAD_TIMEOUT,

@@ -110,13 +110,16 @@ class Client:
 
 
 class LocalClient(Client):
-    """The server process's own requests, straight into the core; also its worker events."""
+    """The server process's own requests, straight into the core; also its worker events.
+
+    Handler metrics do not wake the loop (they come with every batch): call take() before
+    they are read, and now and then so that they do not pile up (the engine does both)."""
 
     def __init__(self, core: _core.Core, loop: asyncio.AbstractEventLoop, on_events: Events):
         super().__init__(loop)
         self.core = core
         self._on_events = on_events
-        loop.add_reader(core.notify_fd, self._take)
+        loop.add_reader(core.notify_fd, self.take)
 
     def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
         status = self.core.submit(model_id, id, payload, worker)
@@ -127,7 +130,7 @@ class LocalClient(Client):
         self.forget(id)
         self.core.cancel(model_id, id)
 
-    def _take(self) -> None:
+    def take(self) -> None:
         replies, events = self.core.take()
         self._on_replies(replies)
         if events:

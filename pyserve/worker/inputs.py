@@ -10,6 +10,7 @@ that the frontend's one core spends nothing on them.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -90,12 +91,17 @@ def _multipart_fields(boundary: bytes, body: bytes) -> list[tuple[str, str, byte
     return fields
 
 
+@lru_cache(maxsize=256)
+def _parsed_content_type(content_type: str) -> tuple[str, bytes | None]:
+    """(media type, multipart boundary): a batch's requests mostly share one content type."""
+    media, options = parse_options_header(content_type)
+    return media.decode("latin-1").lower(), options.get(b"boundary")
+
+
 def parameters(content_type: str, body: bytes) -> list[tuple[str, str, bytes]]:
     """(name, content type, raw value) for each input parameter of one request."""
-    media, options = parse_options_header(content_type)
-    media = media.decode("latin-1").lower()
+    media, boundary = _parsed_content_type(content_type)
     if media == "multipart/form-data":
-        boundary = options.get(b"boundary")
         if not boundary:
             raise BadInput("multipart/form-data without a boundary")
         return _multipart_fields(boundary, body)

@@ -97,8 +97,16 @@ def send_results(channel: _core.WorkerChannel, batch_id: int, results: list, met
             raise _core.RingError(f"cannot send results to the server (write status {status})")
 
 
-def receive(channel: _core.WorkerChannel) -> list:
-    """The server's next frame, checked by frames.decode_request_frame."""
+def receive(channel: _core.WorkerChannel, metrics: MetricsCache | None = None) -> list:
+    """The server's next frame, checked by frames.decode_request_frame. While the handler's
+    metric updates wait, the wait ends when they are due, and they are sent on their own."""
+    while metrics is not None and metrics.pending:
+        frame = channel.receive(timeout=metrics.seconds_until_due())
+        if frame is not None:
+            return frames.decode_request_frame(frame)
+        updates = metrics.drain()
+        if updates:
+            channel.send(frames.encode_metric_updates(updates))
     return frames.decode_request_frame(channel.receive())
 
 
@@ -129,10 +137,13 @@ def _serve(channel: _core.WorkerChannel) -> int:
     channel.send(frames.encode_loaded({"pid": os.getpid()}))
 
     while True:
-        frame = receive(channel)
+        frame = receive(channel, service.context.metrics)
         started_ns = time.monotonic_ns()
         kind = frame[0]
         if kind == frames.STOP:
+            updates = service.context.metrics.drain(force=True)
+            if updates:
+                channel.send(frames.encode_metric_updates(updates))
             return 0
         if kind == frames.BATCH:
             _, batch_id, requests = frame

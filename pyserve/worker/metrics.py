@@ -1,17 +1,23 @@
 """What handlers record through ``context.metrics``, with TorchServe's MetricsCache API.
 
 TorchServe prints each update to the worker's stdout for the frontend to parse; pyserve
-keeps the updates and sends them back with the batch's results, so they reach the metrics
-API with no log parsing.
+keeps the updates and sends them to the server, so they reach the metrics API with no log
+parsing. Updates are merged until they are sent (counters add up, a gauge keeps its last
+value, every histogram observation is kept) and sent at most every FLUSH_SECONDS, with a
+batch's results or on their own while the worker is idle: a handler that records something
+on every batch costs the server one update per metric per interval, not one per batch.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger("pyserve.worker")
+
+FLUSH_SECONDS = 0.5
 
 
 class MetricTypes(enum.Enum):
@@ -72,7 +78,10 @@ class MetricsCache:
         self.model_name = model_name
         self.request_ids: dict[int, str] | None = None
         self.cache: dict[tuple[str, str], Metric] = {}
-        self._updates: list[list[Any]] = []
+        # (name, unit, type, dimension names, dimension values) -> value, or the list of
+        # observations of a histogram
+        self._pending: dict[tuple, Any] = {}
+        self._flushed = 0.0  # time.monotonic() of the last drain
 
     def set_request_ids(self, request_ids: dict[int, str]) -> None:
         self.request_ids = request_ids
@@ -153,11 +162,33 @@ class MetricsCache:
 
     def _record(self, metric: Metric, value: float, dimension_values: list[str]) -> None:
         # All str, as the server checks them: a handler may name metrics with anything.
-        self._updates.append([str(metric.metric_name), str(metric.unit), metric.metric_type.value,
-                              [str(name) for name in metric.dimension_names], dimension_values,
-                              float(value)])
+        key = (str(metric.metric_name), str(metric.unit), metric.metric_type.value,
+               tuple(str(name) for name in metric.dimension_names), tuple(dimension_values))
+        if metric.metric_type is MetricTypes.COUNTER:
+            self._pending[key] = self._pending.get(key, 0.0) + float(value)
+        elif metric.metric_type is MetricTypes.HISTOGRAM:
+            self._pending.setdefault(key, []).append(float(value))
+        else:
+            self._pending[key] = float(value)
 
-    def drain(self) -> list[list[Any]]:
-        """Updates recorded since the last drain: [name, unit, type, dim names, dim values, value]."""
-        updates, self._updates = self._updates, []
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def seconds_until_due(self) -> float:
+        """How long pending updates may still wait; 0 once they are due."""
+        return max(self._flushed + FLUSH_SECONDS - time.monotonic(), 0.0)
+
+    def drain(self, force: bool = False) -> list[list[Any]]:
+        """The merged updates, [name, unit, type, dim names, dim values, value] (one per
+        histogram observation), if FLUSH_SECONDS passed since the last drain or `force`;
+        otherwise nothing yet."""
+        if not self._pending or not (force or self.seconds_until_due() == 0.0):
+            return []
+        updates = []
+        for (name, unit, kind, names, values), value in self._pending.items():
+            for observed in value if isinstance(value, list) else (value,):
+                updates.append([name, unit, kind, list(names), list(values), observed])
+        self._pending = {}
+        self._flushed = time.monotonic()
         return updates

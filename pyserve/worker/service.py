@@ -15,6 +15,7 @@ from pyserve.errors import error_body
 from pyserve.worker.context import Context, RequestProcessor
 from pyserve.worker.inputs import BadInput, build_row
 from pyserve.worker.loader import EntryPoint
+from pyserve.worker.metrics import MetricTypes
 from pyserve.worker.outputs import encode_body
 
 log = logging.getLogger("pyserve.worker")
@@ -42,6 +43,12 @@ class Service:
         self.entry_point = entry_point
         self.context = context
         self.decode_json = decode_json
+        # TorchServe's per-batch PredictionTime, looked up once rather than per batch.
+        self._prediction_time = None
+        if context.metrics is not None:
+            self._prediction_time = context.metrics.add_metric_to_cache(
+                "PredictionTime", "ms", ["ModelName", "Level"], MetricTypes.GAUGE)
+            self._model_dimensions = [context.model_name, "Model"]
 
     def predict(self, requests: list[dict]) -> list[list]:
         answers: dict[int, list] = {}
@@ -93,8 +100,9 @@ class Service:
         except (TypeError, ValueError, RecursionError):
             log.exception("handler returned a value that cannot be serialised")
             return [_error(request, 503, "Unsupported model output data type.") for request in requests]
-        if context.metrics is not None:
-            context.metrics.add_time("PredictionTime", round((time.perf_counter() - started) * 1000, 2))
+        if self._prediction_time is not None:
+            self._prediction_time.add_or_update(round((time.perf_counter() - started) * 1000, 2),
+                                                self._model_dimensions)
         return [
             self._result(request, processor, body)
             for request, processor, body in zip(requests, processors, bodies)
