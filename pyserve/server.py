@@ -32,7 +32,12 @@ from pyserve.supervisor import FrontendSupervisor
 
 log = logging.getLogger("pyserve")
 
-AUTO_CORES_PER_FRONTEND = 4
+# frontend_processes=0 (auto), chosen by measurement (docs/architecture.md#frontend-processes):
+# below MIN_CORES_FOR_FRONTENDS one process serves best (2 cores: 18.3k req/s echo@64 alone,
+# 7.9k with 2 frontends); above, one frontend per 2 cores, at most 8 (16 cores, echo@256 with
+# 2 workers: 17k with 1 process, 31k with 2 frontends, 58k with 4, 82k with 8).
+MIN_CORES_FOR_FRONTENDS = 8
+CORES_PER_FRONTEND = 2
 MAX_AUTO_FRONTENDS = 8
 
 def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
@@ -54,13 +59,15 @@ def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
     return entries
 
 
-def frontend_count(settings: Settings) -> int:
-    """`frontend_processes`, or when it is 0 (auto) one per AUTO_CORES_PER_FRONTEND cores this
-    process may run on, at most MAX_AUTO_FRONTENDS: a small host does best with one process."""
+def frontend_count(settings: Settings, cores: int | None = None) -> int:
+    """`frontend_processes`, or when it is 0 (auto) 1 below MIN_CORES_FOR_FRONTENDS cores this
+    process may run on and one per CORES_PER_FRONTEND cores above, at most MAX_AUTO_FRONTENDS."""
     if settings.frontend_processes > 0:
         return settings.frontend_processes
-    cores = len(os.sched_getaffinity(0)) or 1
-    return max(1, min(cores // AUTO_CORES_PER_FRONTEND, MAX_AUTO_FRONTENDS))
+    cores = cores or len(os.sched_getaffinity(0)) or 1
+    if cores < MIN_CORES_FOR_FRONTENDS:
+        return 1
+    return min(cores // CORES_PER_FRONTEND, MAX_AUTO_FRONTENDS)
 
 
 async def _load_startup_models(engine: Engine, settings: Settings) -> list[str]:

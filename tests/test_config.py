@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyserve.config import ConfigError, load_settings, parse_address, read_properties
+from pyserve.config import ConfigError, Settings, load_settings, parse_address, read_properties
+from pyserve.server import frontend_count
 
 
 def test_properties_take_equals_colon_and_space_separators():
@@ -134,3 +135,12 @@ def test_the_largest_request_size_torchserve_can_hold_is_accepted(tmp_path):
     config = tmp_path / "config.properties"
     config.write_text(f"max_request_size={2**31 - 1}\n")
     assert load_settings(config, env={}).max_request_size == 2**31 - 1
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (7, 1), (8, 4), (16, 8), (64, 8)])
+def test_frontend_processes_0_picks_by_cores(cores, expected):
+    assert frontend_count(Settings(), cores) == expected
+
+
+def test_frontend_processes_set_is_taken_as_it_is():
+    assert frontend_count(Settings(frontend_processes=3), 64) == 3
