@@ -213,3 +213,30 @@ def ok_on_fresh_connections(url: str, count: int) -> bool:
                    for _ in range(count))
     except httpx.HTTPError:
         return False
+
+
+def test_a_new_inference_key_is_in_force_on_every_frontend_when_its_call_returns(mates_store, tmp_path):
+    server = start_server(tmp_path, mates_store, ["echo=echo.mar"], frontend_processes=FRONTENDS,
+                          default_workers_per_model=1, disable_token_authorization="false")
+
+    def key(kind: str) -> str:
+        return json.loads((tmp_path / "key_file.json").read_text())[kind]["key"]
+
+    def answers_with(client: httpx.Client, inference_key: str) -> int:
+        return client.post("/predictions/echo", content=b"x",
+                           headers={"Authorization": f"Bearer {inference_key}"}).status_code
+
+    try:
+        clients = clients_on_each_frontend(server.inference_url, 1)
+        old = key("inference")
+        assert {answers_with(client, old) for client in sum(clients.values(), [])} == {200}
+        regenerated = httpx.get(f"{server.management_url}/token", params={"type": "inference"},
+                                headers={"Authorization": f"Bearer {key('API')}"})
+        assert regenerated.status_code == 200
+        new = key("inference")
+        for client in sum(clients.values(), []):
+            assert answers_with(client, old) == 400
+            assert answers_with(client, new) == 200
+            client.close()
+    finally:
+        server.stop()

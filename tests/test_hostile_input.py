@@ -503,8 +503,8 @@ async def echo_body(scope, receive, send):
 def quick_listener():
     """A listener like the server's, with 0.5 s head and body timeouts and a 4 KiB head limit."""
     loop = asyncio.new_event_loop()
-    listener = make_listener(route_by_method, bind("127.0.0.1:0", "test"), "test", max_request_head=4096,
-                             request_head_timeout=0.5, request_body_timeout=0.5)
+    listener = make_listener(route_by_method, bind("127.0.0.1:0", "test"), "test",
+                             max_request_head=4096, request_head_timeout=0.5, request_body_timeout=0.5)
     thread = threading.Thread(target=loop.run_until_complete, args=(listener.run_until_stopped(),))
     thread.start()
     wait_until(lambda: listener.started, timeout=10)

@@ -319,7 +319,7 @@ void bind_channels(py::module_& m) {
                 std::optional<FrameView> frame;
                 {
                     py::gil_scoped_release unlocked;
-                    frame = channel.receive(to_deadline(timeout), kDefaultSpin);
+                    frame = channel.receive(to_deadline(timeout), default_spin());
                 }
                 return frame_to_bytes(frame, [&] { channel.release(); });
             },

@@ -12,6 +12,16 @@
 
 namespace pyserve {
 
+std::chrono::nanoseconds default_spin() {
+    static const std::chrono::nanoseconds spin = [] {
+        cpu_set_t cores;
+        CPU_ZERO(&cores);
+        const bool known = ::sched_getaffinity(0, sizeof(cores), &cores) == 0;
+        return known && CPU_COUNT(&cores) >= kMinCoresToSpin ? kSpin : std::chrono::nanoseconds(0);
+    }();
+    return spin;
+}
+
 UniqueFd make_eventfd() {
     UniqueFd fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (!fd) throw ShmError(std::string("eventfd: ") + std::strerror(errno));

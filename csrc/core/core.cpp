@@ -397,30 +397,24 @@ void Core::deliver(uint32_t origin, std::string frame) {
     Frontend& frontend = *found->second;
     std::lock_guard lock(frontend.writer);
     frontend.overflow.push_back(std::move(frame));
-    if (frontend.overflow.size() == 1) {
-        // Inline: most replies go straight into the ring.
-        Ring& ring = frontend.channel.down();
-        const std::string& next = frontend.overflow.front();
-        bool wake = false;
-        WriteStatus status = ring.write(reinterpret_cast<const uint8_t*>(next.data()), next.size(), &wake);
-        if (status == WriteStatus::kNoRoom && ring.wait_for_room(next.size())) {
-            status = ring.write(reinterpret_cast<const uint8_t*>(next.data()), next.size(), &wake);
-        }
-        if (status == WriteStatus::kWritten) frontend.overflow.pop_front();
-        if (wake) frontend.channel.wake_peer();
-    }
+    if (frontend.overflow.size() == 1) write_overflow(frontend);  // else it waits for room
 }
 
 void Core::flush_overflow(Frontend& frontend) {
     std::lock_guard lock(frontend.writer);
+    write_overflow(frontend);
+}
+
+void Core::write_overflow(Frontend& frontend) {
     Ring& ring = frontend.channel.down();
     bool wake_any = false;
     while (!frontend.overflow.empty()) {
         const std::string& next = frontend.overflow.front();
+        const auto* bytes = reinterpret_cast<const uint8_t*>(next.data());
         bool wake = false;
-        WriteStatus status = ring.write(reinterpret_cast<const uint8_t*>(next.data()), next.size(), &wake);
+        WriteStatus status = ring.write(bytes, next.size(), &wake);
         if (status == WriteStatus::kNoRoom && ring.wait_for_room(next.size())) {
-            status = ring.write(reinterpret_cast<const uint8_t*>(next.data()), next.size(), &wake);
+            status = ring.write(bytes, next.size(), &wake);
         }
         wake_any |= wake;
         if (status != WriteStatus::kWritten) break;  // the frontend wakes us when it reads
@@ -529,7 +523,7 @@ void Core::run() {
             }
             on_timers();
             if (ready > 0) {
-                spin_until = Clock::now() + kDefaultSpin;
+                spin_until = Clock::now() + default_spin();
             } else if (spin) {
                 for (int i = 0; i < 16; ++i) cpu_relax();
                 ::sched_yield();

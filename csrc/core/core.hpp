@@ -154,6 +154,8 @@ class Core {
     void flush(Outbox& out);
     void deliver(uint32_t origin, std::string frame);
     void flush_overflow(Frontend& frontend);
+    // With the frontend's writer mutex held: writes what fits of its waiting replies.
+    void write_overflow(Frontend& frontend);
     void push_event(Event event);
     void watch(int fd, uint64_t token);
     void unwatch(int fd);

@@ -246,7 +246,7 @@ class Engine:
     # -- shutdown ---------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Lets every worker finish what it holds, then removes all processes and segments."""
+        """Lets every worker finish what it holds, then stops every process and frees the core."""
         await self.pool.stop_all()
         if self.client is not None:
             self.client.close()
