@@ -26,6 +26,10 @@ def store(tmp_path_factory) -> Path:
         archive_model(versions, "multi", HANDLERS / "version_probe.py", version=version)
         (versions / "multi.mar").rename(store / f"multi-{version}.mar")
     archive_model(store, "broken", HANDLERS / "broken_handler.py")
+    config = tmp_path_factory.mktemp("huge_yaml") / "model-config.yaml"
+    config.write_text("batchSize: 4\nmaxBatchDelay: 100000000000000000000\n")
+    archive_model(store, "huge", EXAMPLES / "echo" / "echo_handler.py",
+                  extra=["--config-file", str(config)])
     return store
 
 
@@ -414,3 +418,10 @@ def test_a_register_json_body_over_max_request_size_is_413(api):
     response = api.post("/models", content=b'{"url": "' + b"x" * 7_000_000 + b'"}',
                         headers={"Content-Type": "application/json"})
     assert response.status_code == 413
+
+
+def test_register_with_a_model_config_value_past_a_java_int_is_refused_naming_it(api):
+    response = api.post("/models", params={"url": "huge.mar", "synchronous": "true"})
+    assert response.status_code == 400
+    assert "maxBatchDelay" in response.json()["message"]
+    assert api.get("/models/huge").status_code == 404
