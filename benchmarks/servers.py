@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyserve.control import free_ports, write_loopback_config
-from pyserve.processes import alive, cpu_seconds, descendants
+from pyserve.processes import alive, cpu_seconds, descendants, is_frontend_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHSERVE_VENV = ROOT / "benchmarks" / ".torchserve-venv"
@@ -127,15 +127,6 @@ class Server:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
-
-
-
-def is_frontend_process(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"pyserve.frontend.process" in cmdline.read()
-    except OSError:
-        return False
 
 
 def start_pyserve(work: Path, store: Path, models: list[str],

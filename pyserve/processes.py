@@ -60,9 +60,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
-def is_pyserve(pid: int) -> bool:
+def command_has(pid: int, part: bytes) -> bool:
+    """Whether the process's command line holds `part`; False once it is gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"pyserve" in cmdline.read()
+            return part in cmdline.read()
     except OSError:
         return False
+
+
+def is_pyserve(pid: int) -> bool:
+    return command_has(pid, b"pyserve")
+
+
+def is_frontend_process(pid: int) -> bool:
+    return command_has(pid, b"pyserve.frontend.process")

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 
-from pyserve import _core
 from pyserve.config import Settings
 from pyserve.frontend.tokens import TokenKeys
 from pyserve.serving.directory import snapshot_models

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pyserve.processes import is_frontend_process
+
 from helpers import EXAMPLES, HANDLERS, archive_model, child_pids, pid_alive, start_server, wait_until
 
 FRONTENDS = 2
@@ -28,15 +30,7 @@ def frontend_of(response: httpx.Response) -> str:
 
 
 def frontend_pids(server) -> list[int]:
-    pids = []
-    for pid in child_pids(server.process.pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"pyserve.frontend.process" in cmdline.read():
-                    pids.append(pid)
-        except OSError:
-            pass
-    return pids
+    return [pid for pid in child_pids(server.process.pid) if is_frontend_process(pid)]
 
 
 def clients_on_each_frontend(url: str, each: int) -> dict[str, list[httpx.Client]]:

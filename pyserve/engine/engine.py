@@ -32,7 +32,7 @@ from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, Serv
 from pyserve.frames import Result
 from pyserve.metrics import ModelStats, ServerMetrics, WorkerSummary
 from pyserve.serving.client import LocalClient
-from pyserve.serving.directory import no_worker
+from pyserve.serving.directory import find_version, no_worker
 
 log = logging.getLogger("pyserve.engine")
 
@@ -94,14 +94,7 @@ class Engine:
     # -- the registry -----------------------------------------------------------------
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
-        versions = self.models.get(name)
-        if not versions:
-            raise ModelNotFound(f"Model not found: {name}")
-        if version is None:
-            return versions[self.default_versions[name]]
-        if version not in versions:
-            raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
-        return versions[version]
+        return find_version(self.models, self.default_versions, name, version)
 
     def healthy(self) -> bool:
         """TorchServe's /ping: every default version that should have workers has one alive."""

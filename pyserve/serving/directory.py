@@ -36,6 +36,18 @@ class Directory(Protocol):
               body: bytes) -> asyncio.Future[Result]: ...
 
 
+def find_version(models: dict, defaults: dict[str, str], name: str, version: str | None):
+    """models[name][version], or the default version, with TorchServe's 404s."""
+    versions = models.get(name)
+    if not versions:
+        raise ModelNotFound(f"Model not found: {name}")
+    if version is None:
+        return versions[defaults[name]]
+    if version not in versions:
+        raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
+    return versions[version]
+
+
 def no_worker(name: str) -> ServiceUnavailable:
     return ServiceUnavailable(f'Model "{name}" has no worker to serve inference request. '
                               "Please use scale workers API to add workers.")
@@ -81,14 +93,7 @@ class Replica:
         self._models, self._defaults, self._healthy = by_name, defaults, healthy
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
-        versions = self._models.get(name)
-        if not versions:
-            raise ModelNotFound(f"Model not found: {name}")
-        if version is None:
-            return versions[self._defaults[name]]
-        if version not in versions:
-            raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
-        return versions[version]
+        return find_version(self._models, self._defaults, name, version)
 
     def healthy(self) -> bool:
         return self._healthy
