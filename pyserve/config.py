@@ -47,6 +47,14 @@ class Settings:
     graceful_shutdown_timeout: int = 30
     enable_metrics_api: bool = True
     frontend_processes: int = 0  # pyserve: processes serving the inference listener; 0: auto
+    max_download_size: int = 1 << 30  # pyserve: largest archive a registration downloads, in bytes
+    download_timeout: int = 600  # pyserve: seconds a registration's whole download may take
+    max_connections: int = 10_000  # pyserve: open connections per listener and process; past it, 503
+    private_key_file: str | None = None  # TLS for https:// addresses (see frontend/tls.py)
+    certificate_file: str | None = None
+    keystore: str | None = None
+    keystore_pass: str = "changeit"
+    keystore_type: str = "PKCS12"
 
     def merged(self, **overrides: Any) -> "Settings":
         """A copy with the given fields replaced; None values are ignored."""
@@ -69,6 +77,9 @@ _BOUNDS = {
     "unregister_model_timeout": (0, INT_MAX),
     "graceful_shutdown_timeout": (0, INT_MAX),
     "frontend_processes": (0, MAX_FRONTEND_PROCESSES),
+    "max_download_size": (1, 2**63 - 1),
+    "download_timeout": (1, INT_MAX),
+    "max_connections": (1, INT_MAX),
 }
 
 

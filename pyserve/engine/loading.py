@@ -24,9 +24,11 @@ import yaml
 
 from pyserve import archive
 from pyserve.config import INT_MAX, Settings
-from pyserve.engine.fetch import fetch, is_url, url_allowed
+from pyserve.engine.allowed_urls import refuse_double_encoding, resolved, url_allowed
+from pyserve.engine.fetch import fetch, is_url
 from pyserve.engine.models import ModelConfig, ModelVersion
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
+from pyserve.names import check_model_name
 
 log = logging.getLogger("pyserve.engine")
 
@@ -51,15 +53,18 @@ async def resolve_source(url: str, settings: Settings, from_api: bool = True) ->
     """A url given at registration -> (the archive or folder it names, downloaded by us?).
 
     Through the API, an absolute path outside the model store is held to allowed_urls as the
-    file:// URL it is: otherwise whoever reaches the management API could serve (and run the
-    handler of) any folder on the host. Paths given on the command line are the operator's.
+    file:// URL of its real path (engine/allowed_urls.py): otherwise whoever reaches the
+    management API could serve (and run the handler of) any folder on the host. Paths given
+    on the command line are the operator's.
     """
     if not url:
         raise ModelNotFound("empty url")
     if is_url(url):
-        return await fetch(url, settings.allowed_urls, settings.model_store)
+        return await fetch(url, settings)
     if ".." in Path(url).parts:
         raise ModelNotFound(f"Relative path is not allowed in url: {url}")
+    if from_api:
+        refuse_double_encoding(url, url)
     path = Path(url)
     if not path.is_absolute():
         if settings.model_store is None:
@@ -68,7 +73,7 @@ async def resolve_source(url: str, settings: Settings, from_api: bool = True) ->
     if not path.exists():
         raise ModelNotFound(f"Model not found at: {url}")
     if from_api and not _in_model_store(path, settings.model_store):
-        as_url = path.resolve().as_uri()
+        path, as_url = resolved(path)
         if not url_allowed(as_url, settings.allowed_urls):
             raise ModelNotFound(f"Model path {url} is outside the model store and {as_url} "
                                 "does not match any allowed URL(s)")
@@ -156,9 +161,13 @@ def settle_config(options: RegisterOptions, yaml_config: dict, settings: Setting
 
 def describe_archive(url: str, model_dir: Path, options: RegisterOptions) -> tuple[dict, str, str, str]:
     """(manifest, name, version, handler) for the unpacked archive."""
-    manifest = archive.read_manifest(model_dir)
+    try:
+        manifest = archive.read_manifest(model_dir)
+    except archive.ArchiveError as error:  # e.g. a manifest over 1 MiB: a megabyte-long name
+        raise BadRequest(str(error)) from None
     info = manifest["model"]
-    name = options.model_name or info.get("modelName") or archive.default_model_name(url)
+    name = check_model_name(options.model_name or info.get("modelName")
+                            or archive.default_model_name(url))
     version = str(info.get("modelVersion") or "1.0")
     handler = options.handler or info.get("handler")
     if not handler:
