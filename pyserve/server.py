@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Callable
 
 import uvloop
@@ -20,14 +21,17 @@ import uvloop
 from pyserve import __version__, archive
 from pyserve.allocator import tune_allocator
 from pyserve.config import Settings
+from pyserve.control import listening_line
 from pyserve.engine import Engine
 from pyserve.engine.loading import RegisterOptions
 from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
-from pyserve.frontend.listeners import Listener, ListenerError, bind, bind_group, make_listener
+from pyserve.frontend.listeners import (Listener, ListenerError, bind, bind_group, listener_tls,
+                                       make_listener)
 from pyserve.frontend.management import management_app
 from pyserve.frontend.metrics import metrics_app
 from pyserve.frontend.tokens import TokenKeys
+from pyserve.logs import configure_logging
 from pyserve.supervisor import FrontendSupervisor
 
 log = logging.getLogger("pyserve")
@@ -57,6 +61,13 @@ def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
         else:
             entries.append((None, entry))
     return entries
+
+
+def bound_url(settings: Settings, name: str, sock) -> str:
+    """The listener's URL with the port it got (its address may say port 0)."""
+    scheme = urlsplit(getattr(settings, f"{name}_address")).scheme or "http"
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{host}:{port}"
 
 
 def frontend_count(settings: Settings, cores: int | None = None) -> int:
@@ -97,27 +108,28 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                                                                           settings.token_expiration_min)
     listeners: list[Listener] = []
     supervisor: FrontendSupervisor | None = None
-    drain = settings.graceful_shutdown_timeout
     frontends = frontend_count(settings)
     try:
         try:
             if frontends == 1:
                 listeners.append(make_listener(inference_app(engine, settings, __version__, tokens),
                                                bind(settings.inference_address, "inference"),
-                                               "inference", drain))
+                                               "inference", settings))
             else:
+                # A TLS mistake stops the start here, not in each frontend.
+                listener_tls(settings, "inference")
                 supervisor = FrontendSupervisor(
                     engine, settings, __version__,
                     bind_group(settings.inference_address, "inference", frontends), tokens)
                 engine.on_change, engine.settle = supervisor.changed, supervisor.settle
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
                                            bind(settings.management_address, "management"),
-                                           "management", drain))
+                                           "management", settings))
             if settings.enable_metrics_api:
                 others = supervisor.counters if supervisor else None
                 listeners.append(make_listener(metrics_app(engine.metrics, __version__, others),
                                                bind(settings.metrics_address, "metrics"), "metrics",
-                                               drain))
+                                               settings))
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:
@@ -133,16 +145,19 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                     on_ready(f"error: {error}")
                 return 1
         tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
+        sockets = {listener.name: listener.socket for listener in listeners}
         if supervisor is not None:
-            log.info("listening on %s:%s (inference, %d frontend processes)",
-                     *supervisor.sockets[0].getsockname()[:2], frontends)
-        for listener in listeners:
-            log.info("listening on %s:%s", *listener.socket.getsockname()[:2])
+            sockets = {"inference": supervisor.sockets[0], **sockets}
+            log.info("inference is served by %d frontend processes", frontends)
+        listening = listening_line({name: bound_url(settings, name, sock)
+                                    for name, sock in sockets.items()})
+        log.info("%s", listening)
         if tokens is not None:
             log.info("token authorization is on: keys in %s", tokens.path)
         if on_ready:
             keys = f"\ntoken authorization is on: keys in {tokens.path}" if tokens else ""
-            on_ready("ready" + keys + "".join(f"\nwarning: cannot load {p}" for p in problems))
+            on_ready(f"ready\n{listening}" + keys
+                     + "".join(f"\nwarning: cannot load {p}" for p in problems))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping: finishing in-flight requests")
@@ -168,9 +183,6 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
 
 
 def run(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [server {os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("server")
     tune_allocator()
     return uvloop.run(serve(settings, on_ready))

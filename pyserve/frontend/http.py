@@ -52,7 +52,8 @@ class MethodNotAllowed(ServeError):
 
 
 class BodyTooLarge(Exception):
-    """The request body exceeds max_request_size; answered 413 with an empty body."""
+    """The request body exceeds max_request_size; answered 413 with an empty body, and the
+    connection closed."""
 
 
 async def read_body(receive, declared: str | bytes | None, limit: int) -> bytes:
@@ -95,7 +96,9 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _too_large(request: Request, error: Exception) -> Response:
-    return Response(b"", 413)
+    # The rest of the body is not read: the connection closes, after lingering so that the
+    # client, still sending, reads this answer (pyserve.frontend.connection).
+    return Response(b"", 413, headers={"connection": "close"})
 
 
 async def _client_gone(request: Request, error: Exception) -> Response:

@@ -26,6 +26,7 @@ from pyserve.errors import ServiceUnavailable
 from pyserve.frontend.inference import inference_app
 from pyserve.frontend.listeners import Listener, make_listener
 from pyserve.frontend.tokens import InferenceKey
+from pyserve.logs import configure_logging
 from pyserve.metrics import ServerMetrics
 from pyserve.serving.client import ChannelClient
 from pyserve.serving.directory import Replica
@@ -75,8 +76,7 @@ async def serve(args: argparse.Namespace) -> int:
     write_message(writer, {"op": "ack", "gen": state["gen"]})
 
     app = inference_app(replica, settings, hello["version"], key)
-    listener = make_listener(app, socket.socket(fileno=args.listen_fd), "inference",
-                             settings.graceful_shutdown_timeout)
+    listener = make_listener(app, socket.socket(fileno=args.listen_fd), "inference", settings)
     serving = asyncio.create_task(listener.run_until_stopped())
     if not await _started(listener, serving):
         return 1
@@ -112,10 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"%(asctime)s [frontend {os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("frontend")
     # Ctrl-C reaches the whole process group; the server decides when frontends stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_parent_death_signal(signal.SIGKILL)
