@@ -129,6 +129,16 @@ class Server:
         self.process.wait()
 
 
+def loopback_config(path: Path, **values: object) -> int:
+    """control.write_loopback_config on ports picked here (a benchmark times its servers from
+    the command on, by polling a known port); returns the inference port."""
+    inference, management, metrics = free_ports(3)
+    write_loopback_config(path, inference_address=f"http://127.0.0.1:{inference}",
+                          management_address=f"http://127.0.0.1:{management}",
+                          metrics_address=f"http://127.0.0.1:{metrics}", **values)
+    return inference
+
+
 def start_pyserve(work: Path, store: Path, models: list[str],
                   frontends: int = 1) -> tuple[Server, float]:
     """Started with Popen, not control.spawn_server: the cold start is timed by polling
@@ -137,8 +147,7 @@ def start_pyserve(work: Path, store: Path, models: list[str],
     home = work / name
     home.mkdir()
     config = home / "config.properties"
-    inference, _, _ = write_loopback_config(config, default_workers_per_model=1,
-                                            frontend_processes=frontends)
+    inference = loopback_config(config, default_workers_per_model=1, frontend_processes=frontends)
     started = time.perf_counter()
     with open(home / "pyserve.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
@@ -156,8 +165,7 @@ def start_torchserve(work: Path, store: Path, models: list[str]) -> tuple[Server
     home = work / "torchserve"
     home.mkdir()
     config = home / "config.properties"
-    inference, _, _ = write_loopback_config(config, default_workers_per_model=1,
-                                            install_py_dep_per_model="false")
+    inference = loopback_config(config, default_workers_per_model=1, install_py_dep_per_model="false")
     bin_dir = TORCHSERVE_VENV / "bin"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG_LOCATION=str(home / "logs"),
                METRICS_LOCATION=str(home / "logs"), TEMP=str(home))

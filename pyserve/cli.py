@@ -10,6 +10,7 @@ from pathlib import Path
 from pyserve import __version__, control
 from pyserve.archiver import FORMATS, RUNTIMES
 from pyserve.config import ConfigError, load_settings
+from pyserve.names import InvalidModelName, check_model_name
 
 
 def _start_parser(commands) -> None:
@@ -118,19 +119,26 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     if settings.model_store is not None and not Path(settings.model_store).is_dir():
         print(f"pyserve: model store {settings.model_store} is not a folder", file=sys.stderr)
         return 2
+    try:
+        for entry in settings.load_models:  # NAME=ARCHIVE; names from archives are checked at load
+            if "=" in entry:
+                check_model_name(entry.split("=", 1)[0])
+    except InvalidModelName as error:
+        print(f"pyserve: {error.message}", file=sys.stderr)
+        return 2
     if not args.foreground:
         if control.running_pid() is not None:
-            print("pyserve is already running, please use pyserve stop to stop it.",
-                  file=sys.stderr)
+            print(control.ALREADY_RUNNING, file=sys.stderr)
             return 1
         log_dir = Path(args.log_dir or os.environ.get("LOG_LOCATION") or "logs")
         code, report = control.start_background(argv, log_dir)
         print(report, file=sys.stdout if code == 0 else sys.stderr)
         return code
 
-    if not control.claim_pid_file():
-        print("pyserve is already running, please use pyserve stop to stop it.", file=sys.stderr)
-        control.report_ready("error: pyserve is already running")
+    refused = control.claim_pid_file()
+    if refused:
+        print(refused, file=sys.stderr)
+        control.report_ready(f"error: {refused}")
         return 1
     from pyserve.server import run  # the server's imports are not needed to stop one
 

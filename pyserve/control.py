@@ -2,12 +2,14 @@
 
 `pyserve start` returns only once the server listens and its startup models are loaded
 (the server reports on a pipe), and `pyserve stop` returns only once the server and all
-its workers are gone, so scripts can rely on both.
+its workers are gone, so scripts can rely on both. The pid file is per user, mode 0600,
+and trusted only when it names a live pyserve server of this user.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -16,38 +18,69 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyserve.processes import is_pyserve
+
 READY_FD_ENV = "PYSERVE_READY_FD"
 STOP_TIMEOUT_SECONDS = 60
 
 
+ALREADY_RUNNING = "pyserve is already running, please use pyserve stop to stop it."
+PID_FILE_NAME = f".pyserve-{os.getuid()}.pid"  # one per user: /tmp is shared
+
+
 def pid_file() -> Path:
-    return Path(tempfile.gettempdir()) / ".pyserve.pid"
+    return Path(tempfile.gettempdir()) / PID_FILE_NAME
+
+
+def _recorded_pid() -> int | None:
+    """The pid in the pid file, if the file is this user's own (another user could have
+    made one under this name in a shared /tmp)."""
+    try:
+        descriptor = os.open(pid_file(), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(descriptor) as file:
+        if os.fstat(descriptor).st_uid != os.getuid():
+            return None
+        try:
+            return int(file.read(32).strip())
+        except ValueError:
+            return None
 
 
 def running_pid() -> int | None:
-    """The pid of the server named in the pid file, if that process still runs."""
+    """The server the pid file names, if it is a live pyserve server of this user: any other
+    pid written there is never signalled."""
+    pid = _recorded_pid()
+    return pid if pid is not None and is_pyserve(pid) else None
+
+
+def _remove_pid_file() -> None:
     try:
-        pid = int(pid_file().read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+        pid_file().unlink()
+    except OSError:  # gone already, or another user's that this one may not remove
+        pass
 
 
-def claim_pid_file() -> bool:
-    """Records this process as the running server; False if another one runs."""
+def claim_pid_file() -> str | None:
+    """Records this process as the running server; says why not if it cannot."""
     if running_pid() not in (None, os.getpid()):
-        return False
-    pid_file().write_text(f"{os.getpid()}\n")
-    return True
+        return ALREADY_RUNNING
+    # A new file (mkstemp: mode 0600) renamed over whatever was there.
+    descriptor, temporary = tempfile.mkstemp(dir=pid_file().parent, prefix=f"{PID_FILE_NAME}.")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    try:
+        os.replace(temporary, pid_file())
+    except OSError as error:
+        os.unlink(temporary)
+        return f"cannot write the pid file {pid_file()}: {error.strerror}"
+    return None
 
 
 def release_pid_file() -> None:
-    try:
-        if int(pid_file().read_text().strip()) == os.getpid():
-            pid_file().unlink()
-    except (OSError, ValueError):
-        pass
+    if _recorded_pid() == os.getpid():
+        _remove_pid_file()
 
 
 def report_ready(message: str) -> None:
@@ -71,17 +104,32 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def write_loopback_config(path: Path, **values: object) -> tuple[int, int, int]:
-    """A config.properties with the three listeners on free loopback ports and token
-    authorization off, unless `values` say otherwise; returns the (inference, management,
-    metrics) ports. For servers started by tools and tests, not by users."""
-    ports = free_ports(3)
-    values = {"inference_address": f"http://127.0.0.1:{ports[0]}",
-              "management_address": f"http://127.0.0.1:{ports[1]}",
-              "metrics_address": f"http://127.0.0.1:{ports[2]}",
-              "disable_token_authorization": "true", **values}
+def write_loopback_config(path: Path, **values: object) -> None:
+    """A config.properties with the three listeners on loopback port 0 (the kernel picks free
+    ones as the server binds them: see listening_ports) and token authorization off, unless
+    `values` say otherwise. For servers started by tools and tests, not by users."""
+    values = {"inference_address": "http://127.0.0.1:0", "management_address": "http://127.0.0.1:0",
+              "metrics_address": "http://127.0.0.1:0", "disable_token_authorization": "true",
+              **values}
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    return ports[0], ports[1], ports[2]
+
+
+LISTENING = re.compile(r"^listening: (.*)$", re.MULTILINE)
+
+
+def listening_line(addresses: dict[str, str]) -> str:
+    """The line of a server's ready report that says where it listens ({name: URL}, port 0
+    resolved)."""
+    return "listening: " + ", ".join(f"{name} {url}" for name, url in addresses.items())
+
+
+def listening_ports(report: str) -> dict[str, int]:
+    """{listener name: port} from a ready report (see listening_line)."""
+    found = LISTENING.search(report)
+    if found is None:
+        return {}
+    return {name: int(url.rsplit(":", 1)[1])
+            for name, url in (item.split(" ", 1) for item in found.group(1).split(", "))}
 
 
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
@@ -140,17 +188,25 @@ def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
 
 
 def stop() -> str:
-    pid = running_pid()
-    if pid is None:
-        pid_file().unlink(missing_ok=True)
-        return "pyserve is not currently running."
-    pidfd = os.pidfd_open(pid)
+    pid = _recorded_pid()
     try:
-        os.kill(pid, signal.SIGTERM)
+        # The pidfd holds on to the process checked here, even if its pid is then reused.
+        pidfd = os.pidfd_open(pid) if pid is not None else None
+    except OSError:
+        pidfd = None
+    if pidfd is None or not is_pyserve(pid):
+        if pidfd is not None:
+            os.close(pidfd)
+        _remove_pid_file()
+        return "pyserve is not currently running."
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
         if not select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)[0]:
-            os.kill(pid, signal.SIGKILL)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
     finally:
         os.close(pidfd)
-    pid_file().unlink(missing_ok=True)
+    _remove_pid_file()
     return "pyserve has stopped."

@@ -1,7 +1,8 @@
 """Other processes as /proc shows them: whether one runs, its children, its CPU time.
 
-The server uses these to tell a dead server's leftovers from a live one's; the tests and
-benchmarks watch servers and their workers through them.
+`pyserve start` and `stop` trust their pid file only when it names a pyserve server of
+this user (is_pyserve); the tests and benchmarks watch servers and their workers through
+these.
 """
 
 from __future__ import annotations
@@ -60,17 +61,35 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
-def command_has(pid: int, part: bytes) -> bool:
-    """Whether the process's command line holds `part`; False once it is gone."""
+def _command_line(pid: int) -> bytes:
+    """The process's arguments, NUL-separated; empty once it is gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return part in cmdline.read()
+            return cmdline.read()
+    except OSError:
+        return b""
+
+
+def command_has(pid: int, part: bytes) -> bool:
+    """Whether the process's command line holds `part`; False once it is gone."""
+    return part in _command_line(pid)
+
+
+def is_mine(pid: int) -> bool:
+    """The process runs as this user (a pid file or folder name alone proves nothing)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
     except OSError:
         return False
 
 
 def is_pyserve(pid: int) -> bool:
-    return command_has(pid, b"pyserve")
+    """A pyserve server of this user: `pyserve start` (or `python -m pyserve start`), alive."""
+    if not alive(pid) or not is_mine(pid):
+        return False
+    arguments = _command_line(pid).split(b"\0")
+    return any(os.path.basename(argument) == b"pyserve" and arguments[i + 1:i + 2] == [b"start"]
+               for i, argument in enumerate(arguments))
 
 
 def is_frontend_process(pid: int) -> bool:

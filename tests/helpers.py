@@ -1,7 +1,8 @@
-"""Shared test utilities: free ports, archives made with torch-model-archiver, live servers.
+"""Shared test utilities: archives made with torch-model-archiver, live servers.
 
-Every server in the tests is a real `pyserve` process on 127.0.0.1 with ports picked at
-run time; readiness is learnt from the same pipe `pyserve start` waits on.
+Every server in the tests is a real `pyserve` process on 127.0.0.1 that binds port 0 and
+reports the ports it got on the same pipe `pyserve start` waits on: no port is picked first
+and bound later, so tests never race other processes for one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyserve import _core, frames
-from pyserve.control import free_ports, spawn_server, stop_process, write_loopback_config
+from pyserve.control import listening_ports, spawn_server, stop_process, write_loopback_config
 from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
 from pyserve.processes import children as child_pids  # noqa: F401 - likewise
 
@@ -23,8 +24,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HANDLERS = Path(__file__).resolve().parent / "handlers"  # test handlers, archived per test
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
+@contextlib.contextmanager
+def closed_port():
+    """A loopback port nothing listens on, held (bound, never listening) until the block ends,
+    so that no other process can start listening on it meanwhile."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def archive_model(
@@ -88,7 +96,7 @@ def start_server(
     `launcher`: a command the server runs under (see control.spawn_server).
     """
     config_file = tmp_path / "config.properties"
-    ports = write_loopback_config(config_file, **config)
+    write_loopback_config(config_file, **config)
     log_path = tmp_path / "server.log"
     arguments = ["--model-store", str(model_store), "--ts-config", str(config_file)]
     if models:
@@ -98,7 +106,9 @@ def start_server(
             arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), **(env or {})),
             cwd=tmp_path, launcher=launcher,
         )
-    server = Server(process, *ports, log_path)
+    ports = listening_ports(report)
+    server = Server(process, ports.get("inference", 0), ports.get("management", 0),
+                    ports.get("metrics", 0), log_path)
     if not report.startswith("ready"):
         server.stop()
         raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from helpers import free_port
+from helpers import closed_port
 
 RUN_LIMIT = 180
 
@@ -71,7 +71,8 @@ def test_error_statuses_are_counted_and_fail_the_run(echo_server):
 
 
 def test_a_server_that_is_not_there_counts_connect_errors(tmp_path):
-    code, report = bench_json(f"http://127.0.0.1:{free_port()}/predictions/echo", "-n", "5", "-c", "1")
+    with closed_port() as port:
+        code, report = bench_json(f"http://127.0.0.1:{port}/predictions/echo", "-n", "5", "-c", "1")
     (result,) = report["results"]
     assert code == 1
     assert result["requests"] == 0

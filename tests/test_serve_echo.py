@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pyserve.control import write_loopback_config
+from pyserve.control import PID_FILE_NAME, listening_ports, write_loopback_config
 
 from helpers import (
     HANDLERS,
@@ -101,20 +101,21 @@ def pyserve(*args: str, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-def background(tmp_path, **config) -> tuple[Path, int, dict]:
-    """A config on free loopback ports for `pyserve start`, its inference port, and an env
-    whose TMPDIR (where the pid file goes) is this test's own."""
+def background(tmp_path, **config) -> tuple[Path, dict]:
+    """A config on loopback port 0 for `pyserve start`, and an env whose TMPDIR (where the pid
+    file goes) is this test's own."""
     path = tmp_path / "config.properties"
-    port, _, _ = write_loopback_config(path, **config)
-    return path, port, dict(os.environ, TMPDIR=str(tmp_path))
+    write_loopback_config(path, **config)
+    return path, dict(os.environ, TMPDIR=str(tmp_path))
 
 
 def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_store, tmp_path):
-    config, port, env = background(tmp_path)
+    config, env = background(tmp_path)
     started = pyserve("start", "--model-store", str(model_store), "--models", "echo=echo.mar",
                       "--ts-config", str(config), env=env)
     assert started.returncode == 0, started.stderr
-    server_pid = int((tmp_path / ".pyserve.pid").read_text())
+    port = listening_ports(started.stdout)["inference"]
+    server_pid = int((tmp_path / PID_FILE_NAME).read_text())
     workers = child_pids(server_pid)
     try:
         reply = httpx.post(f"http://127.0.0.1:{port}/predictions/echo", content=b"bg", timeout=30)
@@ -125,11 +126,11 @@ def test_pyserve_start_serves_in_the_background_and_stop_leaves_nothing(model_st
     assert stopped.returncode == 0
     assert "stopped" in stopped.stdout
     assert not any(pid_alive(pid) for pid in {server_pid, *workers})
-    assert not (tmp_path / ".pyserve.pid").exists()
+    assert not (tmp_path / PID_FILE_NAME).exists()
 
 
 def test_a_second_start_is_refused_while_one_runs(model_store, tmp_path):
-    config, _, env = background(tmp_path)
+    config, env = background(tmp_path)
     assert pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
                    env=env).returncode == 0
     try:
@@ -154,7 +155,7 @@ def test_a_busy_port_is_reported_clearly(model_store, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        config, _, env = background(tmp_path, inference_address=f"http://127.0.0.1:{port}")
+        config, env = background(tmp_path, inference_address=f"http://127.0.0.1:{port}")
         started = pyserve("start", "--model-store", str(model_store), "--ts-config", str(config),
                           env=env)
     assert started.returncode != 0

@@ -7,9 +7,10 @@ outside the 32-bit range is not an integer either) falls back to the default, an
 enabled, as in TorchServe 0.12.
 
 Bad input is refused with 400 where TorchServe would fail later or never: a JSON body whose
-values are not strings, numbers or booleans, a model name with "/" (no path could reach it),
-and a worker count above MAX_WORKERS (TorchServe tries to start them all; one request could
-start millions of processes).
+values are not strings, numbers or booleans (or that is nested too deeply to parse), a model
+name outside pyserve.names' rule (a "/" in it, and no path could reach the model), and a
+worker count above MAX_WORKERS (TorchServe tries to start them all; one request could start
+millions of processes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pyserve.frontend.http import (NOT_FOUND, MethodNotAllowed, json_response, l
                                    read_body, status_response)
 from pyserve.frontend.openapi import MAX_WORKERS, management_api
 from pyserve.frontend.tokens import AUTHENTICATION_FAILED, TokenKeys
+from pyserve.names import check_model_name
 
 MAX_PAGE = 100
 INT_MIN, INT_MAX = -2**31, 2**31 - 1  # Java's int: TorchServe parses counts with parseInt
@@ -85,6 +87,8 @@ async def _parameters(request: Request, limit: int) -> dict:
                 document = json.loads(body)
             except ValueError:  # also UnicodeDecodeError: the body is not UTF-8
                 raise BadRequest("Request body is not valid JSON") from None
+            except RecursionError:
+                raise BadRequest("Request body is nested too deeply") from None
             if not isinstance(document, dict):
                 raise BadRequest("Request body must be a JSON object")
             for name in REGISTER_PARAMETERS:  # other keys are ignored, as TorchServe does
@@ -124,8 +128,8 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if initial_workers is not None:
             _worker_count("initial_workers", initial_workers)
         model_name = params.get("model_name") or None
-        if model_name is not None and "/" in model_name:
-            raise BadRequest(f"Invalid model name: {model_name} (a model name cannot hold \"/\")")
+        if model_name is not None:
+            check_model_name(model_name)  # before the archive is fetched and unpacked
         options = RegisterOptions(
             model_name=model_name,
             handler=params.get("handler") or None,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 
+from pyserve import names
+
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 TOKEN_FAILED = "Token authorization is on and the key is missing, wrong or expired (InvalidKeyException)."
@@ -211,7 +213,8 @@ def _inference_responses() -> dict:
         "400": error("Bad input, e.g. a malformed multipart or form body."),
         "404": error("Model not found, or model version not found."),
         "413": {"description": "Body larger than max_request_size; empty body."},
-        "500": error("Worker died, or the handler set an invalid status."),
+        "500": error("Worker died, or the handler set an invalid status or a header HTTP "
+                     "cannot carry."),
         "503": error("No worker to serve the request, the job queue is full, or the handler failed."),
         "507": error("Out of resources."),
     }
@@ -264,7 +267,8 @@ def inference_api(version: str) -> dict:
 
 # --- management ----------------------------------------------------------------------------
 
-MODEL_NAME_VALUE = {"type": "string", "pattern": "^[^/]*$"}  # a "/" would make it unreachable
+MODEL_NAME_VALUE = {"type": "string", "pattern": f"^{names.MODEL_NAME.pattern}$",
+                    "maxLength": names.MAX_MODEL_NAME_LENGTH}
 
 
 def _register_body() -> dict:
@@ -284,7 +288,7 @@ def _register_parameters() -> list:
     return [
         query("url", STRING, "Archive file name or folder in the model store, or an allowed URL. "
                              "A JSON body's url overrides it.", required=True),
-        query("model_name", MODEL_NAME_VALUE, "Overrides the manifest's model name; no \"/\"."),
+        query("model_name", MODEL_NAME_VALUE, "Overrides the manifest's model name."),
         query("handler", STRING, "Overrides the manifest's handler."),
         query("runtime", {"type": "string", "enum": ["python", "python3"]}, "Worker runtime."),
         query("batch_size", INT32, "Largest batch."),
@@ -340,12 +344,13 @@ def management_api(version: str) -> dict:
     register_responses = {
         "200": status('Registered, e.g. Model "x" Version: 1.0 registered with 1 initial workers.'),
         "202": status("Processing worker updates... (asynchronous)."),
-        "400": error("Missing url, bad runtime, bad archive, download failure, a model name with "
-                     f"\"/\", more than {MAX_WORKERS} initial workers, or a JSON body that is not "
+        "400": error("Missing url, bad runtime, bad archive, download failure, an invalid model "
+                     f"name, more than {MAX_WORKERS} initial workers, or a JSON body that is not "
                      "an object of strings, numbers and booleans."),
         "404": error("Archive not found, or URL not allowed."),
         "405": error("The model API is disabled (enable_model_api)."),
-        "409": error("This model version is already registered."),
+        "409": error("This model version is already registered, or a file of the downloaded "
+                     "archive's name is already in the model store."),
         "500": error("Workers failed to start."),
         "507": error("Out of resources."),
     }

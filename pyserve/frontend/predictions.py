@@ -9,6 +9,7 @@ does (metrics, headers added for the handler, the answer) is written once.
 
 from __future__ import annotations
 
+import re
 import time
 
 from starlette.requests import ClientDisconnect
@@ -20,6 +21,9 @@ from pyserve.frontend.tokens import AUTHORIZATION_FAILED, KeyCheck
 from pyserve.serving.directory import Directory
 
 JSON = b"application/json"
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")  # uvicorn's rule, and Latin-1
+SHOWN_NAME_CHARACTERS = 64
 METHODS = ("POST", "PUT", "GET")
 PREFIX = "/predictions/"
 
@@ -46,6 +50,16 @@ class Predictor:
         return result
 
 
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
+    """A handler's header as HTTP can carry it, else a 500 naming it: a CR or LF would end
+    the response head early, a character outside Latin-1 cannot be sent at all."""
+    if HEADER_NAME.fullmatch(name) and not BAD_HEADER_VALUE.search(value):
+        return name.encode("latin-1"), value.encode("latin-1")
+    shown = repr(name[:SHOWN_NAME_CHARACTERS]) + ("..." if len(name) > SHOWN_NAME_CHARACTERS else "")
+    raise ServeError(500, "InternalServerException",
+                     f"Handler set a response header that cannot be sent: {shown}")
+
+
 def result_headers(result: Result) -> tuple[int, list]:
     """The handler's answer as (status, headers): its content type only if it set one."""
     if not 100 <= result.status <= 599:
@@ -53,9 +67,9 @@ def result_headers(result: Result) -> tuple[int, list]:
                          f"Handler set an invalid HTTP status: {result.status}")
     headers = [(b"content-length", str(len(result.body)).encode())]
     if result.content_type is not None:
-        headers.append((b"content-type", result.content_type.encode("latin-1")))
+        headers.append(_header("Content-Type", result.content_type))
     for name, value in result.headers:
-        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        headers.append(_header(name, value))
     return result.status, headers
 
 
@@ -108,8 +122,8 @@ class FastPredictions:
             raise ServeError(400, "InvalidKeyException", AUTHORIZATION_FAILED)
         try:
             body = await read_body(receive, declared, self.limit)
-        except BodyTooLarge:
-            return 413, [(b"content-length", b"0")], b""
+        except BodyTooLarge:  # the rest of the body is not read: the connection closes, lingering
+            return 413, [(b"content-length", b"0"), (b"connection", b"close")], b""
         name = segments[0]
         version = segments[1] if len(segments) > 1 else None
         url_path = segments[2] if len(segments) > 2 else ""

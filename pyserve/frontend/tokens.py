@@ -1,11 +1,12 @@
 """Token authorization, as TorchServe 0.12 does it (on unless disabled).
 
-At start the server writes key_file.json (mode 0600) in its working directory with three
-keys: one for the inference listener (every route, /ping included), one for the
-management listener, and an API key that regenerates the other two through
-`GET /token?type=...`. Clients send `Authorization: Bearer <key>`. A missing, wrong or
-expired key is answered 400 InvalidKeyException, as TorchServe does (not 401). The API
-description is answered without a key; the metrics listener needs none.
+At start the server writes key_file.json (mode 0600, whatever file was there) in its
+working directory with three keys: one for the inference listener (every route, /ping
+included), one for the management listener, and an API key that regenerates the other two
+through `GET /token?type=...`. Clients send `Authorization: Bearer <key>` (the scheme in
+any case). A missing, wrong or expired key is answered 400 InvalidKeyException, as
+TorchServe does (not 401). The API description is answered without a key; the metrics
+listener needs none.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +30,8 @@ AUTHORIZATION_FAILED = ("Token Authorization failed. Token either incorrect, exp
                         "provided correctly")
 AUTHENTICATION_FAILED = ("Token Authentication failed. Token either incorrect, expired, or not "
                          "provided correctly")
-_BEARER = re.compile(r"^Bearer\s+(\S+)$")
+# The scheme is case-insensitive (RFC 7235 section 2.1); TorchServe takes only "Bearer".
+_BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)
 _OPEN_PATHS = ("/", "/api-description")
 
 
@@ -70,9 +73,16 @@ class TokenKeys:
             "inference": {"key": self.keys["inference"], "expiration time": expiry("inference")},
             "API": {"key": self.keys["API"]},
         }
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(content, file, indent=2)
+        # A new file (mkstemp: mode 0600) renamed over the old one: whatever mode or link was
+        # there before is gone, and a client never reads a half-written file.
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{KEY_FILE}.")
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                json.dump(content, file, indent=2)
+            os.replace(temporary, self.path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
 
     def valid(self, kind: str, authorization: str | None) -> bool:
         return _valid(self.keys, self.expires, kind, authorization)

@@ -18,6 +18,7 @@ from pyserve import _core, frames
 from pyserve.allocator import tune_allocator
 from pyserve.compat import install_ts_alias
 from pyserve.errors import error_body
+from pyserve.logs import configure_logging
 from pyserve.worker.context import Context
 from pyserve.worker.loader import load_entry_point
 from pyserve.worker.metrics import MetricsCache
@@ -162,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True, help="the server's pid")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"%(asctime)s [worker {os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("worker")
     # Ctrl-C reaches the whole process group; the server decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_parent_death_signal(signal.SIGKILL)

@@ -2,7 +2,8 @@
 
 Failures are answered per request with TorchServe's codes and messages, and never end
 the worker: the next batch is served as usual. A request whose body cannot be read is
-answered 400 on its own; the rest of its batch still reaches the handler.
+answered 400 on its own; the rest of its batch still reaches the handler. An error that
+repeats is logged in full once, then counted (pyserve.logs.RepeatedErrors).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import Any
 
 from pyserve.errors import error_body
+from pyserve.logs import RepeatedErrors
 from pyserve.worker.context import Context, RequestProcessor
 from pyserve.worker.inputs import BadInput, build_row
 from pyserve.worker.loader import EntryPoint
@@ -43,6 +45,7 @@ class Service:
         self.entry_point = entry_point
         self.context = context
         self.decode_json = decode_json
+        self._errors = RepeatedErrors(log)  # a failing model fails every batch: log it once
         # TorchServe's per-batch PredictionTime, looked up once rather than per batch.
         self._prediction_time = None
         if context.metrics is not None:
@@ -62,7 +65,8 @@ class Service:
                 answers[request["id"]] = _error(request, 400, str(error), "BadRequestException")
                 continue
             except Exception:  # noqa: BLE001 - one unreadable request must not take the worker down
-                log.exception("reading request %s failed", request.get("request_id"))
+                self._errors.error("reading request %s failed", request.get("request_id"),
+                                   exc_info=True)
                 answers[request["id"]] = _error(request, 500, "Failed to read the request",
                                                 "InternalServerException")
                 continue
@@ -85,20 +89,21 @@ class Service:
         try:
             outputs = self.entry_point.handle(data, context)
         except Exception as error:  # noqa: BLE001 - any handler failure is answered, not fatal
-            log.exception("handler failed on a batch of %d", len(requests))
+            self._errors.error("handler failed on a batch of %d", len(requests), exc_info=True)
             code, message = _failure(error)
             return [_error(request, code, message) for request in requests]
 
         if not isinstance(outputs, list):
-            log.warning("handler returned %s, not a list", type(outputs).__name__)
+            self._errors.warning("handler returned %s, not a list", type(outputs).__name__)
             return [_error(request, 503, "Invalid model predict output") for request in requests]
         if len(outputs) != len(requests):
-            log.warning("handler returned %d answers for %d requests", len(outputs), len(requests))
+            self._errors.warning("handler returned %d answers for %d requests", len(outputs),
+                                 len(requests))
             return [_error(request, 503, "number of batch response mismatched") for request in requests]
         try:
             bodies = [encode_body(item) for item in outputs]
         except (TypeError, ValueError, RecursionError):
-            log.exception("handler returned a value that cannot be serialised")
+            self._errors.error("handler returned a value that cannot be serialised", exc_info=True)
             return [_error(request, 503, "Unsupported model output data type.") for request in requests]
         if self._prediction_time is not None:
             self._prediction_time.add_or_update(round((time.perf_counter() - started) * 1000, 2),
