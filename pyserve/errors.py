@@ -48,14 +48,18 @@ class ServiceUnavailable(ServeError):
         super().__init__(503, "ServiceUnavailableException", message)
 
 
-class QueueFull(ServeError):
-    """A model's queue holds job_queue_size requests: answered at once, with when to retry."""
+class RetryLater(ServeError):
+    """A 503 that tells the client when to try again."""
 
     RETRY_AFTER_SECONDS = 1
 
     def __init__(self, message: str):
         super().__init__(503, "ServiceUnavailableException", message,
                          {"Retry-After": str(self.RETRY_AFTER_SECONDS)})
+
+
+class QueueFull(RetryLater):
+    """A model's queue holds job_queue_size requests: answered at once, with when to retry."""
 
 
 class InternalServerError(ServeError):

@@ -36,7 +36,8 @@ def submit(core, *ids: int, model_id: int = 1, worker: int = 0) -> None:
 
 
 def exited(core, worker_id: int, timed_out: bool = False) -> tuple[int, int, int]:
-    return core.worker_exited(worker_id, timed_out, **ANSWERS)
+    """(failed, timed out, requeued) of worker_exited."""
+    return core.worker_exited(worker_id, timed_out, **ANSWERS)[:3]
 
 
 def answers(core, count: int) -> list:
@@ -390,6 +391,35 @@ def test_a_worker_that_never_ran_is_forgotten_with_nothing_held(core):
     core.add_worker(1, 1, frames.encode_load({}))  # its process never started
     assert exited(core, 1) == (0, 0, 0)
     core.remove_model(1, 503, "gone")  # no worker left behind to block it
+
+
+def test_an_exit_report_says_whether_the_worker_died_running_a_batch(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(core, 1)
+    submit(core, 1)
+    batch_id, ids = worker.next_batch()
+    worker.answer(batch_id, ids)
+    answers(core, 1)
+    submit(core, 2)
+    worker.next_batch()
+    assert core.worker_exited(1, False, **ANSWERS)[3] is True
+    core.add_model(2, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    loaded_worker(core, 2, model_id=2)
+    assert core.worker_exited(2, False, **ANSWERS)[3] is False
+
+
+def test_requests_that_waited_too_long_are_answered_and_the_rest_kept(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)  # no worker: all wait
+    submit(core, 1, 2)
+    time.sleep(0.2)
+    submit(core, 3)
+    answer = (503, "waited too long", [("Retry-After", "1")])
+    assert core.expire_queued(1, 0.1, answer) == 2
+    got = answers(core, 2)
+    assert [(r[0], r[1], r[4], body(r)) for r in got] == [
+        (1, 503, [["Retry-After", "1"]], b"waited too long"),
+        (2, 503, [["Retry-After", "1"]], b"waited too long")]
+    assert core.queued(1) == 1
 
 
 # -- refusals ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from helpers import child_pids, pid_alive, start_server, wait_until
+from helpers import HANDLERS, archive_model, child_pids, pid_alive, start_server, wait_until
 
 CLIENTS = 4
+CHAOS_SECONDS = 60
 MIN_REQUESTS = 3000
 MIN_KILLS = 3
 KILL_EVERY_SECONDS = 1.0
@@ -27,12 +28,12 @@ def server(hazards_store, tmp_path):
     server.stop()
 
 
-def describe(server) -> dict:
-    return httpx.get(f"{server.management_url}/models/hazards", timeout=30).json()[0]
+def describe(server, model: str = "hazards") -> dict:
+    return httpx.get(f"{server.management_url}/models/{model}", timeout=30).json()[0]
 
 
-def ready_worker_pids(server) -> list[int]:
-    return [w["pid"] for w in describe(server)["workers"] if w["status"] == "READY"]
+def ready_worker_pids(server, model: str = "hazards") -> list[int]:
+    return [w["pid"] for w in describe(server, model)["workers"] if w["status"] == "READY"]
 
 
 def predict(client: httpx.Client, body: bytes) -> httpx.Response:
@@ -131,3 +132,76 @@ def test_no_worker_outlives_the_server(server):
     assert workers
     server.stop()
     assert not [pid for pid in workers if pid_alive(pid)]
+
+
+def test_no_request_waits_longer_than_response_timeout_for_a_model_without_a_ready_worker(tmp_path):
+    store = tmp_path / "store"
+    archive_model(store, "slow", HANDLERS / "slow_restart.py")
+    server = start_server(tmp_path, store, ["slow=slow.mar"], default_workers_per_model=1,
+                          default_response_timeout=3)
+    try:
+        (worker,) = ready_worker_pids(server, "slow")
+        os.kill(worker, signal.SIGKILL)  # its restart takes 30 s to load
+        started = time.monotonic()
+        reply = httpx.post(f"{server.inference_url}/predictions/slow", content=b"x", timeout=60)
+        waited = time.monotonic() - started
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+        assert "no worker ready" in reply.json()["message"]
+        assert 3 <= waited < 3 + 3  # response_timeout, then at most the next housekeeping round
+    finally:
+        server.stop()
+
+
+def test_poison_requests_do_not_push_restarts_back(hazards_store, tmp_path):
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=2)
+    try:
+        with httpx.Client(base_url=server.inference_url, timeout=60) as client:
+            for _ in range(6):  # each kills the two workers it runs on, then is answered 500
+                assert client.post("/predictions/hazards", content=b"poison").status_code == 500
+            answered = time.monotonic()
+            wait_until(lambda: client.post("/predictions/hazards", content=b"ok").status_code == 200)
+        # Twelve deaths of workers that had served: each restart after a second, none longer.
+        assert time.monotonic() - answered < 5
+    finally:
+        server.stop()
+
+
+def test_killing_every_worker_of_a_model_every_few_seconds_leaves_no_request_unanswered_or_late(
+        hazards_store, tmp_path):
+    timeout = 5
+    server = start_server(tmp_path, hazards_store, ["hazards=hazards.mar"], default_workers_per_model=2,
+                          default_response_timeout=timeout)
+    outcomes: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def load(connection: int) -> None:
+        with httpx.Client(base_url=server.inference_url, timeout=60) as client:
+            count = 0
+            while not stop.is_set():
+                body = f"{connection}-{count}".encode()
+                started = time.monotonic()
+                reply = client.post("/predictions/hazards", content=body)
+                correct = reply.status_code != 200 or reply.content == body
+                outcomes.append((reply.status_code if correct else -1, time.monotonic() - started))
+                count += 1
+
+    clients = [threading.Thread(target=load, args=(n,)) for n in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    try:
+        deadline = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < deadline:
+            for pid in ready_worker_pids(server):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(3)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(90)
+        server.stop()
+    assert not any(client.is_alive() for client in clients)  # every request was answered
+    statuses = {status for status, _ in outcomes}
+    assert statuses <= {200, 500, 503}, statuses  # never a wrong answer (-1)
+    assert sum(status == 200 for status, _ in outcomes) > len(outcomes) / 2
+    # The bound: response_timeout without a worker, the next housekeeping round, a restart.
+    assert max(seconds for _, seconds in outcomes) < timeout + 5

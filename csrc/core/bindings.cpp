@@ -61,8 +61,13 @@ BatchPolicy make_policy(int64_t batch_size, double max_batch_delay_ms, int64_t m
     return policy;
 }
 
+// (status, body) or (status, body, [(header name, value), ...]).
 Answer make_answer(const py::tuple& answer) {
-    return Answer{answer[0].cast<int>(), answer[1].cast<std::string>()};
+    Answer made{answer[0].cast<int>(), answer[1].cast<std::string>(), {}};
+    if (answer.size() > 2) {
+        made.headers = answer[2].cast<std::vector<std::pair<std::string, std::string>>>();
+    }
+    return made;
 }
 
 py::tuple fds_tuple(const PeerFds& fds) {
@@ -192,7 +197,7 @@ void bind_core(py::module_& m) {
             "remove_model",
             [](Core& core, uint64_t model_id, int status, std::string body) {
                 py::gil_scoped_release unlocked;
-                core.remove_model(model_id, Answer{status, std::move(body)});
+                core.remove_model(model_id, Answer{status, std::move(body), {}});
             },
             py::arg("model_id"), py::arg("status"), py::arg("body"),
             "Answer what the model still queues with (status, body) and forget it.")
@@ -200,10 +205,20 @@ void bind_core(py::module_& m) {
             "fail_queued",
             [](Core& core, uint64_t model_id, int status, std::string body) {
                 py::gil_scoped_release unlocked;
-                return core.fail_queued(model_id, Answer{status, std::move(body)});
+                return core.fail_queued(model_id, Answer{status, std::move(body), {}});
             },
             py::arg("model_id"), py::arg("status"), py::arg("body"),
             "Answer and empty the model's queue; returns how many requests it held.")
+        .def(
+            "expire_queued",
+            [](Core& core, uint64_t model_id, double seconds, const py::tuple& answer) {
+                const Answer made = make_answer(answer);
+                py::gil_scoped_release unlocked;
+                return core.expire_queued(model_id, seconds, made);
+            },
+            py::arg("model_id"), py::arg("seconds"), py::arg("answer"),
+            "Answer the queued requests that waited longer than `seconds` with `answer`, a\n"
+            "(status, body[, headers]) tuple; returns how many.")
         .def("queued", &Core::queued, py::arg("model_id"), py::call_guard<py::gil_scoped_release>())
         .def(
             "stats",
@@ -244,12 +259,12 @@ void bind_core(py::module_& m) {
                     py::gil_scoped_release unlocked;
                     report = core.worker_exited(worker_id, timed_out, died, late, gone);
                 }
-                return py::make_tuple(report.failed, report.timed_out, report.requeued);
+                return py::make_tuple(report.failed, report.timed_out, report.requeued, report.was_running);
             },
             py::arg("worker_id"), py::arg("timed_out"), py::arg("died_twice"), py::arg("timed_out_answer"),
             py::arg("lost"),
-            "Answer or queue again what the worker held, and forget it. Answers are (status, body).\n"
-            "Returns (failed, timed_out, requeued) counts.")
+            "Answer or queue again what the worker held, and forget it. Answers are (status, body)\n"
+            "tuples. Returns (failed, timed_out, requeued, was_running).")
         .def("in_flight", &Core::in_flight, py::arg("worker_id"), py::call_guard<py::gil_scoped_release>())
         .def("running_batch_seconds", &Core::running_batch_seconds, py::arg("worker_id"),
              py::call_guard<py::gil_scoped_release>(),

@@ -114,7 +114,7 @@ void Core::remove_model(uint64_t model_id, const Answer& answer) {
         throw std::logic_error("model id " + std::to_string(model_id) + " still has workers");
     }
     Outbox out;
-    for (const Request& request : found->second->take_all()) out.fail(request, answer.status, answer.body);
+    for (const Request& request : found->second->take_all()) out.fail(request, answer);
     models_.erase(found);
     flush(out);
 }
@@ -126,7 +126,22 @@ size_t Core::fail_queued(uint64_t model_id, const Answer& answer) {
     Outbox out;
     {
         std::lock_guard lock(model->mutex());
-        for (const Request& request : model->take_all()) out.fail(request, answer.status, answer.body);
+        for (const Request& request : model->take_all()) out.fail(request, answer);
+    }
+    flush(out);
+    return out.failures.size();
+}
+
+size_t Core::expire_queued(uint64_t model_id, double seconds, const Answer& answer) {
+    std::shared_lock registry(registry_);
+    ModelBatcher* model = find_model(model_id);
+    if (!model) return 0;
+    const auto cutoff = Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(std::max(seconds, 0.0)));
+    Outbox out;
+    {
+        std::lock_guard lock(model->mutex());
+        for (const Request& request : model->take_older(cutoff)) out.fail(request, answer);
     }
     flush(out);
     return out.failures.size();
@@ -214,16 +229,17 @@ ExitReport Core::worker_exited(uint64_t worker_id, bool timed_out, const Answer&
     {
         std::lock_guard lock(model->mutex());
         std::vector<Request> retry;
+        report.was_running = !worker->in_flight.empty();
         bool running = true;  // the first batch in flight is the one the worker was running
         for (Batch& batch : worker->in_flight) {
             for (Request& request : batch.requests) {
                 if (request.answered || request.cancelled) continue;
                 if (running && timed_out) {
-                    out.fail(request, timed_out_answer.status, timed_out_answer.body);
+                    out.fail(request, timed_out_answer);
                     ++report.timed_out;
                 } else if (request.worker == worker_id || (running && ++request.attempts >= kMaxAttempts)) {
                     const Answer& answer = request.worker == worker_id ? lost : died_twice;
-                    out.fail(request, answer.status, answer.body);
+                    out.fail(request, answer);
                     ++report.failed;
                 } else {
                     retry.push_back(std::move(request));
@@ -231,7 +247,7 @@ ExitReport Core::worker_exited(uint64_t worker_id, bool timed_out, const Answer&
             }
             running = false;
         }
-        for (const Request& request : worker->pinned) out.fail(request, lost.status, lost.body);
+        for (const Request& request : worker->pinned) out.fail(request, lost);
         report.failed += worker->pinned.size();
         model->remove_worker(worker);
         report.requeued = retry.size();
@@ -439,7 +455,8 @@ void Core::flush(Outbox& out) {
         frames::begin_reply(frame, 0, group.size());
         for (size_t k : group) {
             sent[k] = true;
-            frames::put_error_result(frame, out.failures[k].id, out.failures[k].status, out.failures[k].body);
+            const Answer& answer = out.failures[k].answer;
+            frames::put_error_result(frame, out.failures[k].id, answer.status, answer.body, answer.headers);
         }
         deliver(lead.origin, std::move(frame));
     }
@@ -679,10 +696,11 @@ void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::s
             }
         }
         if (parsed.done) {
+            static const Answer left_out{500, left_out_body(), {}};
             for (Request& request : batch->requests) {
                 if (request.answered) continue;
                 request.answered = true;
-                if (!request.cancelled) out.fail(request, 500, left_out_body());
+                if (!request.cancelled) out.fail(request, left_out);
             }
             const bool was_running = batch == worker.in_flight.begin();
             worker.in_flight.erase(batch);

@@ -37,12 +37,6 @@
 
 namespace pyserve {
 
-// An error answer the caller words: the core sends it for every request concerned.
-struct Answer {
-    int status;
-    std::string body;
-};
-
 // For this process's Python: worker news, and replies to requests it submitted.
 struct Event {
     uint64_t worker_id;  // 0: the core itself
@@ -58,6 +52,7 @@ struct ExitReport {
     size_t failed = 0;     // answered with `died_twice` or `lost`
     size_t timed_out = 0;  // answered with `timed_out`
     size_t requeued = 0;
+    bool was_running = false;  // it died with a batch running
 };
 
 enum class CancelResult : int { kUnknown = 0, kRemoved = 1, kRunning = 2 };
@@ -89,6 +84,8 @@ class Core {
     void remove_model(uint64_t model_id, const Answer& answer);
     // Answers and empties the model's queue; returns how many requests were in it.
     size_t fail_queued(uint64_t model_id, const Answer& answer);
+    // Answers the queued requests that have waited longer than `seconds`; returns how many.
+    size_t expire_queued(uint64_t model_id, double seconds, const Answer& answer);
     size_t queued(uint64_t model_id) const;
     ModelStats stats(uint64_t model_id) const;
 

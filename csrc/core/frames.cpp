@@ -103,14 +103,20 @@ void begin_reply(std::string& out, uint64_t started_ns, size_t count) {
     writer.array_header(count);
 }
 
-void put_error_result(std::string& out, uint64_t id, int status, std::string_view body) {
+void put_error_result(std::string& out, uint64_t id, int status, std::string_view body,
+                      const std::vector<std::pair<std::string, std::string>>& headers) {
     msgpack::Writer writer(out);
     writer.array_header(6);
     writer.uint(id);
     writer.uint(static_cast<uint64_t>(status));
     writer.str("");
     writer.str("application/json");
-    writer.array_header(0);
+    writer.array_header(headers.size());
+    for (const auto& [name, value] : headers) {
+        writer.array_header(2);
+        writer.str(name);
+        writer.str(value);
+    }
     writer.bin(body);
 }
 

@@ -84,8 +84,9 @@ WorkerFrame parse_worker_frame(const uint8_t* data, size_t size);
 
 // A reply frame's head: [kReply, started_ns, [ then `count` results follow.
 void begin_reply(std::string& out, uint64_t started_ns, size_t count);
-// A result the core makes itself: [id, status, "", "application/json", [], body].
-void put_error_result(std::string& out, uint64_t id, int status, std::string_view body);
+// A result the core makes itself: [id, status, "", "application/json", headers, body].
+void put_error_result(std::string& out, uint64_t id, int status, std::string_view body,
+                      const std::vector<std::pair<std::string, std::string>>& headers);
 std::string refused_frame(uint64_t request_id, int reason);
 
 }  // namespace pyserve::frames

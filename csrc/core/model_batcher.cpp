@@ -115,10 +115,11 @@ bool ModelBatcher::send_batch(Worker& worker, std::vector<Request>& batch, Outbo
         return false;
     }
     if (status != WriteStatus::kWritten) {
-        const std::string body = error_body(
-            507, "ServiceUnavailableException",
-            "Not enough memory for a batch of " + std::to_string(size) + " bytes in the worker's channel");
-        for (const Request& request : batch) out.fail(request, 507, body);
+        const Answer answer{507, error_body(507, "ServiceUnavailableException",
+                                            "Not enough memory for a batch of " + std::to_string(size) +
+                                                " bytes in the worker's channel"),
+                            {}};
+        for (const Request& request : batch) out.fail(request, answer);
         batch.clear();
         return true;
     }
@@ -186,13 +187,12 @@ std::vector<Request> ModelBatcher::take_all() {
     return all;
 }
 
-std::vector<Request> ModelBatcher::take_origin(uint32_t origin) {
+std::vector<Request> ModelBatcher::take_where(const std::function<bool(const Request&)>& taken_out) {
     std::vector<Request> taken;
     auto sift = [&](std::deque<Request>& source) {
         std::deque<Request> kept;
         for (Request& request : source) {
-            (request.origin == origin ? taken.emplace_back(std::move(request))
-                                      : kept.emplace_back(std::move(request)));
+            (taken_out(request) ? taken.emplace_back(std::move(request)) : kept.emplace_back(std::move(request)));
         }
         source.swap(kept);
     };
@@ -200,6 +200,14 @@ std::vector<Request> ModelBatcher::take_origin(uint32_t origin) {
     for (Worker* worker : workers_) sift(worker->pinned);
     queued_ -= taken.size();
     return taken;
+}
+
+std::vector<Request> ModelBatcher::take_origin(uint32_t origin) {
+    return take_where([origin](const Request& request) { return request.origin == origin; });
+}
+
+std::vector<Request> ModelBatcher::take_older(Clock::time_point cutoff) {
+    return take_where([cutoff](const Request& request) { return request.arrival < cutoff; });
 }
 
 bool ModelBatcher::cancel(uint64_t request_id, bool* was_running) {

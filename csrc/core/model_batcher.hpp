@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -89,19 +90,25 @@ struct ModelStats {
     Histogram queue_depths;  // requests already queued when one arrived
 };
 
+// An error answer the core sends for a request; Python words it.
+struct Answer {
+    int status = 500;
+    std::string body;
+    std::vector<std::pair<std::string, std::string>> headers;  // e.g. Retry-After
+};
+
 // What must happen once the locks are released: workers to wake, errors to answer.
 struct Outbox {
     struct Failure {
         uint64_t id;
         uint32_t origin;
-        int status;
-        std::string body;
+        Answer answer;
     };
     std::vector<Worker*> wake;
     std::vector<Failure> failures;
 
-    void fail(const Request& request, int status, const std::string& body) {
-        failures.push_back({request.id, request.origin, status, body});
+    void fail(const Request& request, const Answer& answer) {
+        failures.push_back({request.id, request.origin, answer});
     }
 };
 
@@ -136,6 +143,8 @@ class ModelBatcher {
     // Takes every queued request out (pinned ones included), or only those of one origin.
     std::vector<Request> take_all();
     std::vector<Request> take_origin(uint32_t origin);
+    // Takes out the queued requests that arrived before `cutoff`.
+    std::vector<Request> take_older(Clock::time_point cutoff);
     // Takes a queued request out (true), or marks a running one so that its answer is
     // dropped; false if the model holds no such request.
     bool cancel(uint64_t request_id, bool* was_running);
@@ -146,6 +155,7 @@ class ModelBatcher {
 
    private:
     bool can_take(const Worker& worker) const;
+    std::vector<Request> take_where(const std::function<bool(const Request&)>& taken_out);
     bool due(const Worker& worker, Clock::time_point now) const;
     Worker* pick_worker();
     std::vector<Request> take_batch(Worker& worker);

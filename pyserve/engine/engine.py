@@ -17,18 +17,18 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Awaitable, Callable
 
 from pyserve import _core, archive, frames
 from pyserve.config import Settings
+from pyserve.engine.extract_root import make_extract_root
 from pyserve.engine.loading import RegisterOptions, prepare
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.placement import Placement, visible_gpus
 from pyserve.engine.pool import WorkerPool
-from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServeError, ServiceUnavailable, error_body
+from pyserve.errors import (ModelNotFound, ModelVersionNotFound, RetryLater, ServeError,
+                            ServiceUnavailable, error_body)
 from pyserve.frames import Result
 from pyserve.metrics import ModelStats, ServerMetrics, WorkerSummary
 from pyserve.serving.client import LocalClient
@@ -39,7 +39,7 @@ log = logging.getLogger("pyserve.engine")
 # Rings hold whole batches; 8 MiB covers TorchServe's default 6.5 MB request limit.
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
 DRAIN_POLL_SECONDS = 0.05
-EVENTS_POLL_SECONDS = 1.0  # how often handler metrics, which wake nobody, are collected
+HOUSEKEEPING_SECONDS = 1.0  # collect handler metrics (they wake nobody), expire dead models' queues
 
 
 def ring_capacity_for(max_request_size: int, max_response_size: int) -> int:
@@ -75,7 +75,8 @@ class Engine:
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.default_versions: dict[str, str] = {}
         self._model_ids = itertools.count(1)
-        self._extract_root = Path(tempfile.mkdtemp(prefix="pyserve-models-"))
+        # Removed by close(); by the next start if this server is killed (see extract_root).
+        self._extract_root, self._extract_lock = make_extract_root()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -83,13 +84,37 @@ class Engine:
         self.client = LocalClient(self.core, self._loop, self._on_events)
         self.metrics.refresh = self.client.take
         self.pool.start(self._loop)
-        self._loop.call_later(EVENTS_POLL_SECONDS, self._poll_events)
+        self._loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
-    def _poll_events(self) -> None:
+    def _housekeeping(self) -> None:
         if self.client is None or self.pool.closing:
             return
         self.client.take()
-        self._loop.call_later(EVENTS_POLL_SECONDS, self._poll_events)
+        now = time.monotonic()
+        for versions in self.models.values():
+            for model in versions.values():
+                if model.ready_workers():
+                    model.unready_since = None
+                elif model.unready_since is None:
+                    model.unready_since = now
+                elif now - model.unready_since > model.config.response_timeout:
+                    self._expire_queued(model)
+        self._loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
+
+    def _expire_queued(self, model: ModelVersion) -> None:
+        """No request waits longer than its model's response_timeout for a model that has had
+        no worker ready that long (all died and restart, or none has loaded yet): once the
+        model has been without one for response_timeout, every request that has waited that
+        long is answered 503 with Retry-After. Time spent queued behind a live worker does
+        not count."""
+        timeout = model.config.response_timeout
+        expired = RetryLater(f'Model "{model.name}" has had no worker ready to serve this request '
+                            f"for {timeout} s (its response_timeout); retry later")
+        count = self.core.expire_queued(model.core_id, timeout,
+                                        (expired.code, expired.body(), list(expired.headers.items())))
+        if count:
+            log.warning("answered %d request(s) for %s:%s that waited %s s without a worker",
+                        count, model.name, model.version, timeout)
 
     # -- the registry -----------------------------------------------------------------
 
@@ -246,3 +271,4 @@ class Engine:
             self.client.fail_all(ServiceUnavailable("Server is shutting down"))
         self.core.close()
         shutil.rmtree(self._extract_root, ignore_errors=True)
+        os.close(self._extract_lock)

@@ -45,6 +45,7 @@ class ModelVersion:
     retired: bool = False  # being unregistered: no restarts, no new requests
     restarts: int = 0  # workers restarted after dying unexpectedly
     pending_restarts: int = 0  # dead workers waiting out their back-off before restarting
+    unready_since: float | None = None  # time.monotonic() since when no worker has been ready
     registered_at: float = field(default_factory=time.time)
     workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
 

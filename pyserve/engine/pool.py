@@ -3,10 +3,12 @@
 Starting a worker is all or nothing: if its channel, its process or its pidfd cannot be
 had (descriptors or memory exhausted), whatever was made is undone and the caller gets a
 ServeError that says why. A worker that exits unexpectedly is noticed at once (pidfd); the
-core re-queues what it held, and it is restarted with TorchServe's Fibonacci back-off while its model is still
-registered and short of workers. The back-off starts over once a worker has stayed up for
-STABLE_SECONDS, so a request that kills every worker it meets slows restarts down instead
-of looping. A watchdog kills a worker whose running batch outlives response_timeout.
+core re-queues what it held, and it is restarted while its model is still registered and
+short of workers. The restart back-off depends on why it died: a worker that died running a
+batch is restarted after a second (the blame is on the requests it ran, each tried on one
+more worker and then answered 500), so poison requests cannot push restarts back; a worker
+that dies otherwise backs off as TorchServe does (1, 1, 2, 3, 5... s, capped at
+RESTART_BACKOFF's last value), starting over once a worker has stayed up STABLE_SECONDS. A watchdog kills a worker whose running batch outlives response_timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pyserve.serving.directory import no_worker
 
 log = logging.getLogger("pyserve.engine")
 
-RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+RESTART_BACKOFF = (1, 1, 2, 3, 5, 8, 13, 21)  # seconds; TorchServe goes on to 144
 STABLE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 WATCHDOG_INTERVAL = 1.0
@@ -204,10 +206,11 @@ class WorkerPool:
         timed_out = error_body(500, "InternalServerException",
                                f"Worker did not answer within response_timeout="
                                f"{model.config.response_timeout} s; it was killed and is restarted")
-        self.core.worker_exited(worker.id, worker.timed_out, (500, DIED_TWICE), (500, timed_out),
-                                (500, LOST))
+        *_, was_running = self.core.worker_exited(worker.id, worker.timed_out, (500, DIED_TWICE),
+                                                  (500, timed_out), (500, LOST))
         self.on_change()
-        if worker.loaded_at is not None and time.monotonic() - worker.loaded_at > STABLE_SECONDS:
+        stable = worker.loaded_at is not None and time.monotonic() - worker.loaded_at > STABLE_SECONDS
+        if was_running or stable:  # the request it ran is blamed (and retried once), not the model
             self._restart_attempts.pop(worker.id, None)
         expected = worker.stop_requested or self.closing
         if not expected:
