@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,8 +29,6 @@ HANDLERS = Path(__file__).resolve().parent / "handlers"  # test handlers, archiv
 def closed_port():
     """A loopback port nothing listens on, held (bound, never listening) until the block ends,
     so that no other process can start listening on it meanwhile."""
-    import socket
-
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         yield held.getsockname()[1]
@@ -191,3 +190,42 @@ def loaded_worker(core, worker_id: int = 1, model_id: int = 1) -> RingWorker:
     worker = RingWorker(core, worker_id, model_id)
     worker.load()
     return worker
+
+
+class HttpReader:
+    """Reads HTTP/1.1 responses off a raw socket, one at a time (Content-Length framed), for
+    tests that speak HTTP byte by byte."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except ConnectionResetError:
+            chunk = b""
+        self.buffer += chunk
+        return bool(chunk)
+
+    def response(self) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, headers, body), or None when the server closed before answering."""
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                assert not self.buffer, f"connection closed mid-response: {self.buffer[:200]!r}"
+                return None
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed mid-body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """True when the server closes the connection with nothing more to read."""
+        return not self.buffer and not self._fill()

@@ -20,7 +20,7 @@ import urllib.request
 import httpx
 import pytest
 
-from helpers import start_server, wait_until
+from helpers import HttpReader, start_server, wait_until
 from pyserve.allocator import TRIM_INTERVAL
 from pyserve.frontend.listeners import bind, make_listener
 
@@ -60,39 +60,8 @@ def connect(port: int, receive_buffer: int | None = None) -> socket.socket:
     return sock
 
 
-class Reader:
-    """Reads HTTP/1.1 responses off a socket, one at a time (Content-Length framed)."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except ConnectionResetError:
-            chunk = b""
-        self.buffer += chunk
-        return bool(chunk)
-
-    def response(self) -> tuple[int, dict[str, str], bytes] | None:
-        """(status, headers, body), or None when the server closed before answering."""
-        while b"\r\n\r\n" not in self.buffer:
-            if not self._fill():
-                return None
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {name.strip().lower(): value.strip()
-                   for name, _, value in (line.partition(":") for line in lines)}
-        length = int(headers.get("content-length", "0"))
-        while len(self.buffer) < length:
-            assert self._fill(), "connection closed mid-body"
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return int(status_line.split()[1]), headers, body
-
-
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes] | None:
-    return Reader(sock).response()
+    return HttpReader(sock).response()
 
 
 def pipeline_without_reading(sock: socket.socket, data: bytes, seconds: float, sample) -> int:
@@ -261,7 +230,7 @@ def test_the_next_pipelined_request_waits_until_the_previous_answer_is_sent(list
         sock.sendall(request("POST", "/", b"big") + request("POST", "/", b"next"))
         time.sleep(0.3)  # well within the write timeout
         assert handled == [b"big"]
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         status, _, body = reader.response()  # reading the answer lets the next one start
         assert (status, len(body)) == (200, ANSWER)
         assert reader.response()[::2] == (200, b"next")

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from helpers import start_server, wait_until
+from helpers import HttpReader, start_server, wait_until
 from pyserve.frontend.listeners import MAX_REQUEST_HEAD, bind, make_listener
 
 TIMEOUT = 30
@@ -71,48 +71,10 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
-class Reader:
-    """Reads HTTP/1.1 responses off a socket, one at a time (Content-Length framed)."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        self.buffer += chunk
-        return bool(chunk)
-
-    def response(self) -> tuple[int, dict[str, str], bytes] | None:
-        """(status, headers, body), or None when the server closed before answering."""
-        while b"\r\n\r\n" not in self.buffer:
-            if not self._fill():
-                assert not self.buffer, f"connection closed mid-response: {self.buffer[:200]!r}"
-                return None
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        while len(self.buffer) < length:
-            assert self._fill(), "connection closed mid-body"
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return int(status_line.split()[1]), headers, body
-
-    def closed(self) -> bool:
-        """True when the server closes the connection with nothing more to read."""
-        return not self.buffer and not self._fill()
-
-
 def exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes] | None:
     with connect(port) as sock:
         sock.sendall(data)
-        return Reader(sock).response()
+        return HttpReader(sock).response()
 
 
 def request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
@@ -305,7 +267,7 @@ def test_a_100_kb_request_header_is_refused_with_431(server):
     data = request("GET", "/ping", headers={"X-Huge": "a" * 100_000})
     with connect(server.inference_port) as sock:
         sock.sendall(data)
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         status, headers, _ = reader.response()
         assert status == 431
         assert headers["connection"] == "close"
@@ -342,7 +304,7 @@ def test_a_100_kb_request_line_is_refused(server):
 def test_a_garbled_request_is_answered_400_and_closed(server, data):
     with connect(server.inference_port) as sock:
         sock.sendall(data)
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         status, _, _ = reader.response()
         assert status == 400
         assert reader.closed()
@@ -381,7 +343,7 @@ def test_http_1_0_requests_are_answered_and_the_connection_closed(server):
                  b"POST /predictions/echo HTTP/1.0\r\nContent-Length: 3\r\n\r\nold"):
         with connect(server.inference_port) as sock:
             sock.sendall(data)
-            reader = Reader(sock)
+            reader = HttpReader(sock)
             status, _, body = reader.response()
             assert status == 200
             assert body in (b"old", b'{\n  "status": "Healthy"\n}\n')
@@ -398,7 +360,7 @@ def test_pipelined_requests_are_answered_in_order(server):
     ])
     with connect(server.inference_port) as sock:
         sock.sendall(data)
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         answers = [reader.response() for _ in range(5)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 404, 200]
     assert [answers[i][2] for i in (0, 2, 4)] == [b"first", b"second", b"fourth"]
@@ -417,7 +379,7 @@ def test_a_slow_client_trickling_its_header_does_not_block_other_clients(server,
                 assert time.monotonic() - started < 5
                 time.sleep(0.05)
         slow.sendall(head[-4:])
-        assert Reader(slow).response()[::2] == (200, b"slow")
+        assert HttpReader(slow).response()[::2] == (200, b"slow")
 
 
 def test_many_connections_holding_half_a_request_do_not_block_other_clients(server, infer):
@@ -521,7 +483,7 @@ async def route_by_method(scope, receive, send):
 def test_a_body_that_stops_arriving_closes_the_connection(quick_listener):
     with connect(quick_listener.port) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         assert reader.response() is None  # closed, and the app never answered
     assert exchange(quick_listener.port, request("POST", "/", b"whole"))[::2] == (200, b"whole")
 
@@ -532,14 +494,14 @@ def test_a_body_that_keeps_arriving_slowly_is_not_cut_off(quick_listener):
         for byte in b"slow":  # 1.2 s in all, each gap under the 0.5 s timeout
             time.sleep(0.3)
             sock.send(bytes([byte]))
-        assert Reader(sock).response()[::2] == (200, b"slow")
+        assert HttpReader(sock).response()[::2] == (200, b"slow")
 
 
 def test_a_request_head_not_sent_in_time_is_answered_408(quick_listener):
     with connect(quick_listener.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
         started = time.monotonic()
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         assert reader.response()[0] == 408
         assert reader.closed()
         assert time.monotonic() - started < 5
@@ -548,12 +510,12 @@ def test_a_request_head_not_sent_in_time_is_answered_408(quick_listener):
 
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(quick_listener):
     with connect(quick_listener.port) as sock:
-        assert Reader(sock).response() is None
+        assert HttpReader(sock).response() is None
 
 
 def test_the_head_timer_restarts_for_each_request_on_a_connection(quick_listener):
     with connect(quick_listener.port) as sock:
-        reader = Reader(sock)
+        reader = HttpReader(sock)
         for _ in range(3):
             sock.sendall(b"GET / HTTP/1.1\r\n")
             time.sleep(0.3)
