@@ -255,11 +255,15 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._arm_head_timer()
 
     def _continue(self) -> None:
-        """Parses what was held back, if parsing may go on."""
-        if self._held and not self._parsing_waits() and not self.transport.is_closing():
-            held, self._held = self._held, b""
-            self._parse(held)
-        else:
+        """Parses what was held back, if parsing may go on; reads again if reading waited.
+        After most answers there is nothing held and reading is on: two checks."""
+        if self._held:
+            if not self._parsing_waits() and not self.transport.is_closing():
+                held, self._held = self._held, b""
+                self._parse(held)
+            else:
+                self.update_reading()
+        elif not self._reading:
             self.update_reading()
 
     # -- parser callbacks -------------------------------------------------------------------
