@@ -37,8 +37,8 @@ from pyserve.supervisor import FrontendSupervisor
 log = logging.getLogger("pyserve")
 
 # frontend_processes=0 (auto), chosen by measurement (docs/architecture.md#frontend-processes):
-# below MIN_CORES_FOR_FRONTENDS one process serves best (2 cores: 18.3k req/s echo@64 alone,
-# 7.9k with 2 frontends); above, one frontend per 2 cores, at most 8 (16 cores, echo@256 with
+# below MIN_CORES_FOR_FRONTENDS one process serves best (2 cores: 18.8k req/s echo@64 alone,
+# 11.3k with 2 frontends); above, one frontend per 2 cores, at most 8 (16 cores, echo@256 with
 # 2 workers: 17k with 1 process, 31k with 2 frontends, 58k with 4, 82k with 8).
 MIN_CORES_FOR_FRONTENDS = 8
 CORES_PER_FRONTEND = 2
