@@ -229,3 +229,15 @@ class HttpReader:
     def closed(self) -> bool:
         """True when the server closes the connection with nothing more to read."""
         return not self.buffer and not self._fill()
+
+
+async def whole_body(receive) -> bytes | None:
+    """An ASGI request's whole body, for the small apps tests serve; None if the client left."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)

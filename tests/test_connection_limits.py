@@ -20,7 +20,7 @@ import urllib.request
 import httpx
 import pytest
 
-from helpers import HttpReader, start_server, wait_until
+from helpers import HttpReader, start_server, wait_until, whole_body
 from pyserve.allocator import TRIM_INTERVAL
 from pyserve.frontend.listeners import bind, make_listener
 
@@ -187,15 +187,9 @@ handled: list[bytes] = []
 
 async def answer_as_asked(scope, receive, send):
     """Answers `big` with ANSWER bytes, anything else with itself; records each request."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"".join(chunks)
+    body = await whole_body(receive)
+    if body is None:
+        return
     handled.append(body)
     answer = b"a" * ANSWER if body == b"big" else body
     await send({"type": "http.response.start", "status": 200,

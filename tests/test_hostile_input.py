@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from helpers import HttpReader, start_server, wait_until
+from helpers import HttpReader, start_server, wait_until, whole_body
 from pyserve.frontend.listeners import MAX_REQUEST_HEAD, bind, make_listener
 
 TIMEOUT = 30
@@ -447,15 +447,9 @@ async def hello(scope, receive, send):
 
 async def echo_body(scope, receive, send):
     """Answers the whole body once it arrived; answers nothing if the client went away first."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"".join(chunks)
+    body = await whole_body(receive)
+    if body is None:
+        return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -161,6 +161,7 @@ void ModelBatcher::dispatch(Clock::time_point now, Outbox& out) {
 }
 
 Deadline ModelBatcher::deadline() const {
+    if (queued_ == 0) return std::nullopt;  // the common case after a dispatch: no worker scan
     Deadline next;
     auto consider = [&](Clock::time_point arrival) {
         const auto due_at = arrival + policy_.max_batch_delay;

@@ -52,9 +52,6 @@ class Writer {
     explicit Writer(std::string& out) : out_(out) {}
 
     void array_header(size_t count) { sized(count, 0x90, 16, 0xdc, 0xdd); }
-    void map_header(size_t count) { sized(count, 0x80, 16, 0xde, 0xdf); }
-    void nil() { out_.push_back(static_cast<char>(0xc0)); }
-    void boolean(bool value) { out_.push_back(static_cast<char>(value ? 0xc3 : 0xc2)); }
     void uint(uint64_t value) {
         if (value <= 0x7f) {
             out_.push_back(static_cast<char>(value));
@@ -90,8 +87,6 @@ class Writer {
         }
         out_.append(bytes);
     }
-    // Bytes that already are msgpack values.
-    void raw(std::string_view encoded) { out_.append(encoded); }
 
    private:
     void sized(size_t count, uint8_t fix, size_t fix_limit, uint8_t tag16, uint8_t tag32) {

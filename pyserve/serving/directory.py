@@ -60,7 +60,6 @@ class ModelEntry:
     name: str
     version: str
     core_id: int
-    default: bool
     serving: bool  # a worker is alive or coming back
 
     def can_serve(self) -> bool:
@@ -87,7 +86,7 @@ class Replica:
         by_name: dict[str, dict[str, ModelEntry]] = {}
         defaults: dict[str, str] = {}
         for name, version, core_id, default, serving in models:
-            by_name.setdefault(name, {})[version] = ModelEntry(name, version, core_id, default, serving)
+            by_name.setdefault(name, {})[version] = ModelEntry(name, version, core_id, serving)
             if default:
                 defaults[name] = version
         self._models, self._defaults, self._healthy = by_name, defaults, healthy
