@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
-from helpers import closed_port
+from helpers import HANDLERS, archive_model, closed_port, start_server
+from pyserve.bench.histogram import draw_histogram
+from pyserve.bench.loadgen import build_request, run_python
+from pyserve.bench.serving import served
 
 RUN_LIMIT = 180
 
@@ -136,10 +138,87 @@ def test_the_table_names_the_target_and_its_rate(echo_url):
     assert "/predictions/echo" in finished.stdout
 
 
-def test_a_histogram_png_is_drawn(echo_url, tmp_path):
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def flaky_url(tmp_path_factory) -> str:
+    """A model with one worker whose every other batch fails (a 5xx answer)."""
+    store = tmp_path_factory.mktemp("flaky_store")
+    archive_model(store, "flaky", HANDLERS / "every_other_fails.py")
+    server = start_server(tmp_path_factory.mktemp("flaky"), store, ["flaky=flaky.mar"],
+                          default_workers_per_model=1)
+    yield f"{server.inference_url}/predictions/flaky"
+    server.stop()
+
+
+def test_a_run_where_every_request_fails_says_so_first_and_exits_non_zero(echo_server):
+    finished = bench(f"{echo_server.inference_url}/predictions/no-such-model", "-n", "50", "-c", "2")
+    assert finished.returncode == 1
+    first_line = finished.stdout.strip().splitlines()[0]
+    assert "every request failed" in first_line
+    assert "404: 50" in first_line
+    assert "req/s" not in finished.stdout
+
+
+def test_the_json_of_a_run_where_every_request_fails_has_its_outcome_and_no_rate(echo_server):
+    finished = bench("--json", f"{echo_server.inference_url}/predictions/no-such-model",
+                     "-n", "50", "-c", "2")
+    (result,) = json.loads(finished.stdout)["results"]
+    assert finished.returncode == 1
+    assert result["outcome"] == "all failed"
+    assert result["error_rate"] == 1.0
+    assert result["requests_per_second"] is None
+    assert set(result["latency_ms"].values()) == {None}
+    assert "every request failed" in finished.stderr
+
+
+def test_a_mixed_run_shows_the_error_rate_before_the_rate(flaky_url):
+    finished = bench(flaky_url, "-n", "100", "-c", "1")
+    assert finished.returncode == 1
+    assert "50.0% of requests failed (50 of 100; 5" in finished.stdout
+    assert finished.stdout.index("of requests failed") < finished.stdout.index("req/s")
+
+
+def test_the_json_of_a_mixed_run_puts_the_error_rate_before_the_rate(flaky_url):
+    finished = bench("--json", flaky_url, "-n", "100", "-c", "1")
+    (result,) = json.loads(finished.stdout)["results"]
+    assert finished.returncode == 1
+    assert result["outcome"] == "some failed"
+    assert result["error_rate"] == 0.5
+    assert result["statuses"]["200"] == 50
+    keys = list(result)
+    assert keys.index("error_rate") < keys.index("statuses") < keys.index("requests_per_second")
+    assert "50.0% of requests failed" in finished.stderr
+
+
+def test_a_histogram_png_is_written_and_its_path_printed(echo_url, tmp_path):
     picture = tmp_path / "latency.png"
-    code, _ = bench_json(echo_url, "--compare", echo_url, "-n", "100", "--histogram", str(picture))
-    assert code == 0
-    with Image.open(picture) as image:
-        assert image.format == "PNG"
-        assert image.size[0] > 100 and image.size[1] > 100
+    finished = bench(echo_url, "--compare", echo_url, "-n", "100", "--histogram", str(picture))
+    assert finished.returncode == 0, finished.stderr
+    assert picture.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"latency histogram written to {picture}" in finished.stderr
+
+
+def test_the_histogram_labels_an_archive_target_by_its_model_name(model_store):
+    with served(model_store / "echo.mar") as url:
+        result = run_python(url, build_request(url, b"hello"), 1, None, 20)
+    (legend,) = draw_histogram([result]).legends
+    (label,) = [text.get_text() for text in legend.get_texts()]
+    assert label.startswith("echo: p50 ")
+    assert "127.0.0.1" not in label
+
+
+def test_without_matplotlib_the_report_prints_and_says_how_to_get_the_plot(echo_url, tmp_path):
+    picture = tmp_path / "latency.png"
+    hide_matplotlib = ("import sys; sys.modules['matplotlib'] = None; from pyserve.cli import main; "
+                       "sys.exit(main(sys.argv[1:]))")
+    finished = subprocess.run(
+        [sys.executable, "-P", "-c", hide_matplotlib, "bench", "--warmup", "0", echo_url,
+         "-n", "50", "-c", "1", "--histogram", str(picture)],
+        capture_output=True, text=True, timeout=RUN_LIMIT,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "req/s" in finished.stdout
+    assert "pip install 'pyserve[bench]'" in finished.stderr
+    assert not picture.exists()

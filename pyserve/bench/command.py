@@ -3,6 +3,9 @@
 TARGET is a predictions URL, or a model archive that pyserve then serves for the run.
 With --compare URL2 both targets are measured in the same run, in alternating rounds, so
 that drift in the machine's load hits both alike, and the ratios are printed.
+
+Failed requests (non-2xx answers, connection errors) are reported before the rate, and fail
+the command (exit status 1); a target where every request failed has no rate or latencies.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pyserve.bench.loadgen import build_request, json_floats, run_native, run_python
-from pyserve.bench.report import RunResult, merge, ratios, summary
+from pyserve.bench.report import RunResult, merge, ratios, summary, verdict
 
 
 def add_bench_parser(commands) -> None:
@@ -58,7 +61,7 @@ def add_bench_parser(commands) -> None:
                        help="workers per model when serving an archive given as TARGET")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument("--histogram", type=Path, metavar="FILE.png",
-                       help="also draw the latency histogram into this PNG (needs Pillow: "
+                       help="also draw the latency histogram into this PNG (needs matplotlib: "
                             "pip install 'pyserve[bench]')")
     bench.set_defaults(handler=run_bench)
 
@@ -171,18 +174,21 @@ def run_bench(args: argparse.Namespace) -> int:
                     rounds[target].append(measure(target, per_round, total, update))
                     progress.advance()
     results = [merge(target_rounds) for target_rounds in rounds]
-    if args.histogram:
-        from pyserve.bench.histogram import write_histogram
-
-        write_histogram(results, args.histogram)
     report = {"results": [summary(result) for result in results]}
-    if len(results) == 2:
+    if len(results) == 2 and not any(result.all_failed for result in results):
         report["ratios"] = ratios(results[0], results[1])
     if args.json:
         print(json.dumps(report, indent=2))
+        for label, result in zip(LABELS, results):
+            if verdict(result):
+                print(f"pyserve bench: {label} {result.target}: {verdict(result)}", file=sys.stderr)
     else:
-        _print_table(report)
-    return 0 if all(result.requests and not result.failed for result in results) else 1
+        _print_report(report, results)
+    if args.histogram:
+        from pyserve.bench.histogram import write_histogram
+
+        print(write_histogram(results, args.histogram), file=sys.stderr)
+    return 0 if all(result.outcome == "ok" for result in results) else 1
 
 
 def _share(requests: int | None, rounds: int, index: int) -> int | None:
@@ -192,33 +198,44 @@ def _share(requests: int | None, rounds: int, index: int) -> int | None:
     return requests // rounds + (1 if index < requests % rounds else 0)
 
 
-def _print_table(report: dict) -> None:
-    """Targets are labelled in the table and spelled out under it: URLs are too wide for a row."""
+LABELS = ("target", "compare")
+
+
+def _print_report(report: dict, results: list[RunResult]) -> None:
+    """Failures first, then the table. Targets are labelled in the table and spelled out under
+    it: URLs are too wide for a row."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="pyserve bench", box=None, padding=(0, 1), header_style="bold")
-    for column in ("target", "conns", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                   "errors"):
-        table.add_column(column, justify="left" if column in ("target", "errors") else "right",
-                         no_wrap=column != "errors")
-    labels = ["target", "compare"]
-    for label, result in zip(labels, report["results"]):
-        latency = result["latency_ms"]
-        failures = {**{k: v for k, v in result["statuses"].items() if not k.startswith("2")},
-                    **result["errors"]}
-        table.add_row(label, str(result["connections"]), f"{result['requests']:,}",
-                      f"{result['requests_per_second']:,.0f}", f"{latency['p50']:.3f}",
-                      f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['max']:.3f}",
-                      ", ".join(f"{k}: {v}" for k, v in failures.items()) or "-")
-    if "ratios" in report:
-        measured = report["ratios"]
-        table.add_row("ratio", "", "", f"{measured['requests_per_second']:.2f}",
-                      f"{measured['p50']:.2f}", f"{measured['p90']:.2f}", f"{measured['p99']:.2f}",
-                      "", "")
     console = Console()
-    console.print(table)
-    for label, result in zip(labels, report["results"]):
-        console.print(f"{label}: {result['target']}", soft_wrap=True)
+    for label, result in zip(LABELS, results):
+        if verdict(result):
+            console.print(Text(f"{label}: {verdict(result)}", style="bold red"), soft_wrap=True)
+    if not all(result.all_failed for result in results):
+        table = Table(title="pyserve bench", box=None, padding=(0, 1), header_style="bold")
+        for column in ("target", "conns", "requests", "failed", "req/s", "p50 ms", "p90 ms",
+                       "p99 ms", "max ms"):
+            table.add_column(column, justify="left" if column == "target" else "right")
+        for label, result, described in zip(LABELS, results, report["results"]):
+            table.add_row(label, str(result.connections), f"{result.requests:,}",
+                          f"{result.error_rate:.1%}" if result.failed else "0",
+                          *_rate_and_latencies(described))
+        if "ratios" in report:
+            measured = report["ratios"]
+            table.add_row("ratio", "", "", "", f"{measured['requests_per_second']:.2f}",
+                          f"{measured['p50']:.2f}", f"{measured['p90']:.2f}",
+                          f"{measured['p99']:.2f}", "")
+        console.print(table)
+    for label, result in zip(LABELS, results):
+        console.print(f"{label}: {result.target}", soft_wrap=True)
     if "ratios" in report:
         console.print("ratio: target / compare", soft_wrap=True)
+
+
+def _rate_and_latencies(described: dict) -> list[str]:
+    if described["requests_per_second"] is None:
+        return ["-"] * 5
+    latency = described["latency_ms"]
+    return [f"{described['requests_per_second']:,.0f}",
+            *(f"{latency[key]:.3f}" for key in ("p50", "p90", "p99", "max"))]

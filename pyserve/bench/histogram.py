@@ -1,64 +1,104 @@
-"""A latency histogram as a PNG, drawn with Pillow (and its built-in bitmap font)."""
+"""A latency histogram as a PNG, drawn with matplotlib (the optional `pyserve[bench]` extra).
+
+Latency is on a log axis, so that two servers an order of magnitude apart compare at a
+glance. Each series is the share of its own target's requests, so that runs of different
+lengths compare too. Matplotlib draws with its Agg backend: no display is needed.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyserve.bench.report import RunResult
 
-WIDTH, HEIGHT = 900, 420
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 40, 60
-COLORS = [(31, 119, 180), (255, 127, 14)]
 BINS = 60
+INSTALL_HINT = "pip install 'pyserve[bench]' (or: pip install matplotlib)"
+# /predictions/NAME[/VERSION], KServe v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer
+_MODEL_IN_PATH = re.compile(r"/(?:predictions|models)/([^/:]+)")
 
 
-def write_histogram(results: list[RunResult], path: Path) -> None:
-    """One outline per result, latency on a log axis, so two servers compare at a glance."""
+def model_name(url: str) -> str:
+    """The model a predictions URL asks for: a name that outlives the port an archive was
+    served on for the run."""
+    path = urlsplit(url).path
+    found = _MODEL_IN_PATH.search(path)
+    return found.group(1) if found else path or url
+
+
+def series_labels(results: list[RunResult]) -> list[str]:
+    names = [model_name(result.target) for result in results]
+    if len(set(names)) < len(names):  # the same model on both sides of --compare
+        names = [f"{name} ({role})" for name, role in zip(names, ("target", "compare"))]
+    labels = []
+    for name, result in zip(names, results):
+        label = f"{name}: p50 {result.percentile(50):.3g} ms, p99 {result.percentile(99):.3g} ms"
+        if result.failed:
+            label += f", {result.error_rate:.1%} failed"
+        labels.append(label)
+    return labels
+
+
+def latency_ticks(low: float, high: float) -> list[float]:
+    """At least a few labelled values on the log axis, however narrow the range: 1-2-5 steps,
+    then 1..9 steps, then the ends and middle rounded to three digits."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for steps in ((1, 2, 5), range(1, 10)):
+        ticks = [step * 10.0 ** decade for decade in decades for step in steps]
+        ticks = [tick for tick in ticks if low <= tick <= high]
+        if len(ticks) >= 3:
+            return ticks
+    middle = math.sqrt(low * high)
+    return sorted({float(f"{value:.3g}") for value in (low, middle, high)})
+
+
+def draw_histogram(results: list[RunResult]):
+    """The figure, one step outline per result; targets where every request failed are left
+    out, as their latencies are of error answers."""
+    import numpy
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
+
+    drawn = [(result, label) for result, label in zip(results, series_labels(results))
+             if not result.all_failed]
+    values = numpy.concatenate([numpy.asarray(result.latencies_ms) for result, _ in drawn])
+    values = values[values > 0]
+    low, high = values.min(), max(values.max(), values.min() * 1.01)
+    bins = numpy.geomspace(low, high, BINS + 1)
+
+    figure = Figure(figsize=(9, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for result, label in drawn:
+        latencies = numpy.asarray(result.latencies_ms)
+        axes.hist(latencies, bins=bins, histtype="step", linewidth=1.8, label=label,
+                  weights=numpy.full(len(latencies), 100 / len(latencies)))
+    axes.set_xscale("log")
+    axes.set_xticks(latency_ticks(low, high))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    axes.set_xlabel("latency (ms, log scale)")
+    axes.set_ylabel("share of requests")
+    axes.grid(True, which="major", alpha=0.3)
+    axes.set_title("pyserve bench: latency")
+    figure.legend(loc="outside lower center", ncols=1, frameon=False)
+    return figure
+
+
+def write_histogram(results: list[RunResult], path: Path) -> str:
+    """Writes the PNG; returns what was done, or why nothing was, as a line for the user."""
+    if all(result.all_failed for result in results):
+        return "no latency histogram: every request failed"
     try:
-        from PIL import Image, ImageDraw
+        import matplotlib  # noqa: F401 - only to tell a missing extra from other errors
     except ImportError:
-        raise SystemExit("--histogram needs Pillow: pip install pillow") from None
-    values = [v for result in results for v in result.latencies_ms if v > 0]
-    if not values:
-        raise SystemExit("no latencies to draw")
-    low, high = math.log10(min(values)), math.log10(max(values))
-    high = max(high, low + 1e-6)
-    width = (high - low) / BINS
-
-    def bin_of(v: float) -> int:
-        return min(BINS - 1, int((math.log10(v) - low) / width)) if v > 0 else 0
-
-    counts = []
-    for result in results:
-        row = [0] * BINS
-        for value in result.latencies_ms:
-            row[bin_of(value)] += 1
-        counts.append([n / max(len(result.latencies_ms), 1) for n in row])
-    tallest = max(max(row) for row in counts) or 1.0
-
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    x0, y0 = MARGIN_LEFT, HEIGHT - MARGIN_BOTTOM
-    draw.line([(x0, MARGIN_TOP), (x0, y0), (WIDTH - MARGIN_RIGHT, y0)], fill="black")
-    for decade in range(math.floor(low), math.ceil(high) + 1):
-        x = x0 + (decade - low) / (high - low) * plot_w
-        if x0 <= x <= WIDTH - MARGIN_RIGHT:
-            draw.line([(x, y0), (x, y0 + 5)], fill="black")
-            draw.text((x - 12, y0 + 8), f"{10.0 ** decade:g}", fill="black")
-    draw.text((x0 + plot_w // 2 - 60, y0 + 30), "latency (ms, log scale)", fill="black")
-    draw.text((8, MARGIN_TOP - 25), "share of requests", fill="black")
-    for index, (result, row) in enumerate(zip(results, counts)):
-        color = COLORS[index % len(COLORS)]
-        points = []
-        for bin_index, share in enumerate(row):
-            left = x0 + bin_index / BINS * plot_w
-            right = x0 + (bin_index + 1) / BINS * plot_w
-            top = y0 - share / tallest * plot_h
-            points += [(left, top), (right, top)]
-        draw.line([(x0, y0), *points, (WIDTH - MARGIN_RIGHT, y0)], fill=color, width=2)
-        label = f"{result.target}  p50 {result.percentile(50):.2f} ms  p99 {result.percentile(99):.2f} ms"
-        draw.text((x0 + 10, MARGIN_TOP - 25 + 14 * index), label, fill=color)
-    image.save(path, format="PNG")
+        return f"no latency histogram: --histogram needs matplotlib: {INSTALL_HINT}"
+    try:
+        draw_histogram(results).savefig(path, format="png")
+    except OSError as error:
+        return f"no latency histogram: {error}"
+    return f"latency histogram written to {path}"

@@ -1,7 +1,8 @@
-"""What a load run measured, summarised: rates, latency percentiles, errors, ratios.
+"""What a load run measured, summarised: errors first, then rates, latency percentiles, ratios.
 
 Percentiles use the nearest-rank method on every recorded latency, so the max is a real
-request's latency and p99 of 100 requests is the 99th slowest.
+request's latency and p99 of 100 requests is the 99th slowest. A run whose requests failed
+is flagged before its rate: fast error answers would otherwise read as a fast server.
 """
 
 from __future__ import annotations
@@ -47,8 +48,46 @@ class RunResult:
     @property
     def failed(self) -> int:
         """Requests answered with a non-2xx status, plus requests that got no answer."""
-        return sum(n for status, n in self.statuses.items() if not 200 <= status < 300) + sum(
-            self.errors.values())
+        return sum(self.failures.values())
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """Failed requests by non-2xx status ("404") and by connection error ("connect")."""
+        answered = {str(status): n for status, n in sorted(self.statuses.items())
+                    if not 200 <= status < 300}
+        return {**answered, **dict(sorted(self.errors.items()))}
+
+    @property
+    def attempts(self) -> int:
+        """Requests answered, plus requests that got no answer."""
+        return self.requests + sum(self.errors.values())
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.attempts if self.attempts else 1.0
+
+    @property
+    def all_failed(self) -> bool:
+        return self.failed == self.attempts
+
+    @property
+    def outcome(self) -> str:
+        if self.all_failed:
+            return "all failed"
+        return "some failed" if self.failed else "ok"
+
+
+def verdict(result: RunResult) -> str | None:
+    """One plain sentence on a run's failures; None when every request succeeded."""
+    if result.attempts == 0:
+        return "no request was sent"
+    if not result.failed:
+        return None
+    counts = ", ".join(f"{kind}: {n:,}" for kind, n in result.failures.items())
+    share = f"{result.failed:,} of {result.attempts:,}; {counts}"
+    if result.all_failed:
+        return f"every request failed ({share}): no throughput or latency to report"
+    return f"{result.error_rate:.1%} of requests failed ({share})"
 
 
 def merge(results: list[RunResult]) -> RunResult:
@@ -71,18 +110,23 @@ def merge(results: list[RunResult]) -> RunResult:
 
 
 def summary(result: RunResult) -> dict:
-    """The JSON form of a result (`pyserve bench --json`)."""
+    """The JSON form of a result (`pyserve bench --json`): the outcome and errors come first,
+    and a run where every request failed has no rate or latencies (null)."""
     described = {
         "target": result.target,
+        "outcome": result.outcome,
+        "error_rate": round(result.error_rate, 4),
+        "statuses": {str(status): n for status, n in sorted(result.statuses.items())},
+        "errors": dict(sorted(result.errors.items())),
         "connections": result.connections,
         "requests": result.requests,
         "seconds": round(result.seconds, 3),
-        "requests_per_second": round(result.rate, 1),
-        "latency_ms": {f"p{q}": round(result.percentile(q), 3) for q in PERCENTILES},
-        "statuses": {str(status): n for status, n in sorted(result.statuses.items())},
-        "errors": dict(sorted(result.errors.items())),
+        "requests_per_second": None if result.all_failed else round(result.rate, 1),
+        "latency_ms": {f"p{q}": None if result.all_failed else round(result.percentile(q), 3)
+                       for q in PERCENTILES},
     }
-    described["latency_ms"]["max"] = round(max(result.latencies_ms, default=math.nan), 3)
+    described["latency_ms"]["max"] = (None if result.all_failed
+                                      else round(max(result.latencies_ms), 3))
     if result.client_cpu_seconds is not None and result.requests:
         described["client_cpu_us_per_request"] = round(
             result.client_cpu_seconds / result.requests * 1e6, 2)
