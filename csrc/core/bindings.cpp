@@ -44,7 +44,8 @@ py::object frame_to_bytes(const std::optional<FrameView>& frame, Release release
     return std::move(copy);
 }
 
-BatchPolicy make_policy(int64_t batch_size, double max_batch_delay_ms, int64_t max_queue_size) {
+BatchPolicy make_policy(int64_t batch_size, double max_batch_delay_ms, int64_t max_queue_size,
+                        int64_t client_timeout_ms, bool wait_for_full_batch) {
     if (batch_size < 1 || batch_size > kMaxSetting) {
         throw std::invalid_argument("batch_size must be between 1 and 2147483647");
     }
@@ -54,7 +55,10 @@ BatchPolicy make_policy(int64_t batch_size, double max_batch_delay_ms, int64_t m
     if (max_queue_size < 0 || max_queue_size > kMaxSetting) {
         throw std::invalid_argument("max_queue_size must be between 0 and 2147483647");
     }
+    if (client_timeout_ms < 0) throw std::invalid_argument("client_timeout must not be negative");
     BatchPolicy policy;
+    policy.client_timeout = std::chrono::milliseconds(client_timeout_ms);
+    policy.wait_for_full_batch = wait_for_full_batch;
     policy.batch_size = static_cast<size_t>(batch_size);
     policy.max_batch_delay = std::chrono::microseconds(std::llround(max_batch_delay_ms * 1000));
     policy.max_queue_size = static_cast<size_t>(max_queue_size);
@@ -101,7 +105,8 @@ class FrontendChannel {
 
     int wait_fd() const { return channel_.wait_fd(); }
 
-    int submit(uint64_t model_id, uint64_t request_id, const py::bytes& payload, uint64_t worker) {
+    int submit(uint64_t model_id, uint64_t request_id, const py::bytes& payload, uint64_t worker,
+               uint64_t sequence) {
         const size_t size = bytes_size(payload);
         uint8_t* room = nullptr;
         const WriteStatus status = channel_.reserve(sizeof(frames::SubmitHeader) + size, &room);
@@ -111,6 +116,7 @@ class FrontendChannel {
         header.model_id = model_id;
         header.request_id = request_id;
         header.worker = worker;
+        header.sequence = sequence;
         std::memcpy(room, &header, sizeof(header));
         std::memcpy(room + sizeof(header), bytes_data(payload), size);
         channel_.commit();
@@ -158,6 +164,8 @@ void bind_constants(py::module_& m) {
     m.attr("SUBMIT_UNKNOWN_MODEL") = static_cast<int>(SubmitStatus::kUnknownModel);
     m.attr("SUBMIT_TOO_LARGE") = static_cast<int>(SubmitStatus::kTooLarge);
     m.attr("SUBMIT_UNKNOWN_WORKER") = static_cast<int>(SubmitStatus::kUnknownWorker);
+    m.attr("SUBMIT_TOO_MANY_SEQUENCES") = static_cast<int>(SubmitStatus::kTooManySequences);
+    m.attr("SUBMIT_SEQUENCE_CLOSED") = static_cast<int>(SubmitStatus::kSequenceClosed);
     m.attr("WRITTEN") = static_cast<int>(WriteStatus::kWritten);
     m.attr("NO_ROOM") = static_cast<int>(WriteStatus::kNoRoom);
     m.attr("NO_MEMORY") = static_cast<int>(WriteStatus::kNoMemory);
@@ -180,19 +188,55 @@ void bind_core(py::module_& m) {
         .def_property_readonly("max_request_size", &Core::max_request_size)
         .def(
             "add_model",
-            [](Core& core, uint64_t model_id, int64_t batch_size, double max_batch_delay, int64_t max_queue_size) {
-                core.add_model(model_id, make_policy(batch_size, max_batch_delay, max_queue_size));
+            [](Core& core, uint64_t model_id, int64_t batch_size, double max_batch_delay, int64_t max_queue_size,
+               int64_t client_timeout, bool wait_for_full_batch) {
+                core.add_model(model_id, make_policy(batch_size, max_batch_delay, max_queue_size, client_timeout,
+                                                     wait_for_full_batch));
             },
             py::arg("model_id"), py::arg("batch_size"), py::arg("max_batch_delay"), py::arg("max_queue_size"),
-            "max_batch_delay is in milliseconds; ValueError for settings out of range.")
+            py::arg("client_timeout") = 0, py::arg("wait_for_full_batch") = false,
+            "max_batch_delay and client_timeout are in milliseconds (client_timeout 0: none); ValueError\n"
+            "for settings out of range. wait_for_full_batch: TorchServe's policy, no batch before it is\n"
+            "full or max_batch_delay old, even for an idle worker.")
         .def(
             "set_policy",
-            [](Core& core, uint64_t model_id, int64_t batch_size, double max_batch_delay, int64_t max_queue_size) {
-                const BatchPolicy policy = make_policy(batch_size, max_batch_delay, max_queue_size);
+            [](Core& core, uint64_t model_id, int64_t batch_size, double max_batch_delay, int64_t max_queue_size,
+               int64_t client_timeout, bool wait_for_full_batch) {
+                const BatchPolicy policy =
+                    make_policy(batch_size, max_batch_delay, max_queue_size, client_timeout, wait_for_full_batch);
                 py::gil_scoped_release unlocked;
                 core.set_policy(model_id, policy);
             },
-            py::arg("model_id"), py::arg("batch_size"), py::arg("max_batch_delay"), py::arg("max_queue_size"))
+            py::arg("model_id"), py::arg("batch_size"), py::arg("max_batch_delay"), py::arg("max_queue_size"),
+            py::arg("client_timeout") = 0, py::arg("wait_for_full_batch") = false)
+        .def(
+            "set_sequences",
+            [](Core& core, uint64_t model_id, int64_t max_sequences, int64_t max_queue, int64_t max_idle_ms,
+               int64_t timeout_ms, bool continuous) {
+                if (max_sequences < 0 || max_queue < 0 || max_idle_ms < 0 || timeout_ms < 0) {
+                    throw std::invalid_argument("sequence settings must not be negative");
+                }
+                SequencePolicy policy;
+                policy.max_sequences = static_cast<size_t>(max_sequences);
+                policy.max_queue = static_cast<size_t>(max_queue);
+                policy.max_idle = std::chrono::milliseconds(max_idle_ms);
+                policy.timeout = std::chrono::milliseconds(timeout_ms);
+                policy.continuous = continuous;
+                py::gil_scoped_release unlocked;
+                core.set_sequences(model_id, policy);
+            },
+            py::arg("model_id"), py::arg("max_sequences"), py::arg("max_queue"), py::arg("max_idle"),
+            py::arg("timeout"), py::arg("continuous"),
+            "Make the model stateful: requests submitted with the same `sequence` key run one at a\n"
+            "time, in order, on one worker (see sequences.hpp). Times in milliseconds; max_sequences 0\n"
+            "turns it off.")
+        .def(
+            "expire_sequences",
+            [](Core& core, uint64_t model_id) {
+                py::gil_scoped_release unlocked;
+                return core.expire_sequences(model_id);
+            },
+            py::arg("model_id"), "Close idle and timed-out sequences; returns how many stay open.")
         .def(
             "remove_model",
             [](Core& core, uint64_t model_id, int status, std::string body) {
@@ -284,12 +328,14 @@ void bind_core(py::module_& m) {
              py::call_guard<py::gil_scoped_release>())
         .def(
             "submit",
-            [](Core& core, uint64_t model_id, uint64_t request_id, const py::bytes& payload, uint64_t worker) {
+            [](Core& core, uint64_t model_id, uint64_t request_id, const py::bytes& payload, uint64_t worker,
+               uint64_t sequence) {
                 std::string copy(PyBytes_AS_STRING(payload.ptr()), bytes_size(payload));
                 py::gil_scoped_release unlocked;
-                return static_cast<int>(core.submit(model_id, request_id, std::move(copy), worker));
+                return static_cast<int>(core.submit(model_id, request_id, std::move(copy), worker, sequence));
             },
             py::arg("model_id"), py::arg("request_id"), py::arg("payload"), py::arg("worker") = 0,
+            py::arg("sequence") = 0,
             "Queue one msgpack-encoded request; returns a SUBMIT_* status.")
         .def(
             "cancel",
@@ -357,7 +403,7 @@ void bind_channels(py::module_& m) {
         .def_property_readonly("wait_fd", &FrontendChannel::wait_fd,
                                "Readable when replies came, or room for submissions.")
         .def("submit", &FrontendChannel::submit, py::arg("model_id"), py::arg("request_id"), py::arg("payload"),
-             py::arg("worker") = 0, "Queue one request with the server; a write status.")
+             py::arg("worker") = 0, py::arg("sequence") = 0, "Queue one request with the server; a write status.")
         .def("cancel", &FrontendChannel::cancel, py::arg("model_id"), py::arg("request_id"))
         .def("wait_for_room", &FrontendChannel::wait_for_room, py::arg("size"),
              "After NO_ROOM: be woken through wait_fd when there is room; True if there is already.")

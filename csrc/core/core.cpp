@@ -106,6 +106,23 @@ void Core::set_policy(uint64_t model_id, const BatchPolicy& policy) {
     flush(out);
 }
 
+void Core::set_sequences(uint64_t model_id, const SequencePolicy& policy) {
+    std::shared_lock registry(registry_);
+    ModelBatcher* model = find_model(model_id);
+    if (!model) throw std::out_of_range("unknown model id " + std::to_string(model_id));
+    std::lock_guard lock(model->mutex());
+    model->set_sequences(policy);
+}
+
+size_t Core::expire_sequences(uint64_t model_id) {
+    std::shared_lock registry(registry_);
+    ModelBatcher* model = find_model(model_id);
+    if (!model) return 0;
+    std::lock_guard lock(model->mutex());
+    model->expire_sequences(Clock::now());
+    return model->open_sequences();
+}
+
 void Core::remove_model(uint64_t model_id, const Answer& answer) {
     std::unique_lock registry(registry_);
     auto found = models_.find(model_id);
@@ -250,6 +267,7 @@ ExitReport Core::worker_exited(uint64_t worker_id, bool timed_out, const Answer&
         for (const Request& request : worker->pinned) out.fail(request, lost);
         report.failed += worker->pinned.size();
         model->remove_worker(worker);
+        model->close_sequences(worker_id, lost, out);
         report.requeued = retry.size();
         model->requeue(std::move(retry));
         model->dispatch(Clock::now(), out);
@@ -318,7 +336,8 @@ SubmitStatus Core::enqueue(ModelBatcher& model, Request&& request, Outbox& out) 
     return status;
 }
 
-SubmitStatus Core::submit(uint64_t model_id, uint64_t request_id, std::string payload, uint64_t worker) {
+SubmitStatus Core::submit(uint64_t model_id, uint64_t request_id, std::string payload, uint64_t worker,
+                          uint64_t sequence) {
     if (request_id >> kOriginShift != 0) throw std::invalid_argument("request id out of range");
     if (payload.size() > max_request_size()) return SubmitStatus::kTooLarge;
     std::shared_lock registry(registry_);
@@ -326,7 +345,7 @@ SubmitStatus Core::submit(uint64_t model_id, uint64_t request_id, std::string pa
     if (!model) return SubmitStatus::kUnknownModel;
     Outbox out;
     const SubmitStatus status =
-        enqueue(*model, Request{request_id, 0, worker, std::move(payload), Clock::now()}, out);
+        enqueue(*model, Request{request_id, 0, worker, std::move(payload), Clock::now(), sequence}, out);
     flush(out);
     return status;
 }
@@ -335,9 +354,17 @@ CancelResult Core::cancel(uint64_t model_id, uint64_t request_id) {
     std::shared_lock registry(registry_);
     ModelBatcher* model = find_model(model_id);
     if (!model) return CancelResult::kUnknown;
-    std::lock_guard lock(model->mutex());
+    Outbox out;
     bool running = false;
-    if (!model->cancel(request_id, &running)) return CancelResult::kUnknown;
+    bool found = false;
+    {
+        std::lock_guard lock(model->mutex());
+        found = model->cancel(request_id, &running, out);
+        model->dispatch(Clock::now(), out);
+        arm(*model);
+    }
+    flush(out);
+    if (!found) return CancelResult::kUnknown;
     return running ? CancelResult::kRunning : CancelResult::kRemoved;
 }
 
@@ -358,7 +385,7 @@ void Core::submit_from(Frontend& frontend, const uint8_t* data, size_t size, Out
                                      Request{header.request_id, frontend.origin, header.worker,
                                              std::string(reinterpret_cast<const char*>(data) + sizeof(header),
                                                          payload_size),
-                                             Clock::now()},
+                                             Clock::now(), header.sequence},
                                      out)
                            : SubmitStatus::kUnknownModel;
         }
@@ -372,7 +399,9 @@ void Core::submit_from(Frontend& frontend, const uint8_t* data, size_t size, Out
         bool running = false;
         if (model && header.request_id >> kOriginShift == frontend.origin) {
             std::lock_guard lock(model->mutex());
-            model->cancel(header.request_id, &running);
+            model->cancel(header.request_id, &running, out);
+            model->dispatch(Clock::now(), out);
+            arm(*model);
         }
     } else {
         push_event({0, frames::kBroken, "frontend " + std::to_string(frontend.origin) +
@@ -689,11 +718,13 @@ void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::s
         }
         for (size_t i = 0; i < parsed.results.size(); ++i) {
             Request& request = batch->requests[owners[i]];
+            const frames::ResultSpan& span = parsed.results[i];
             if (!request.cancelled) routes[i] = request.origin;
-            if (!parsed.results[i].more) {
+            if (!span.more) {
                 request.answered = true;
                 --batch->unanswered;
             }
+            model.answered(request, span.more, span.ends_sequence, out);
         }
         if (parsed.done) {
             static const Answer left_out{500, left_out_body(), {}};
@@ -701,6 +732,7 @@ void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::s
                 if (request.answered) continue;
                 request.answered = true;
                 if (!request.cancelled) out.fail(request, left_out);
+                model.answered(request, false, false, out);
             }
             const bool was_running = batch == worker.in_flight.begin();
             worker.in_flight.erase(batch);

@@ -80,6 +80,9 @@ class Core {
 
     void add_model(uint64_t model_id, const BatchPolicy& policy);
     void set_policy(uint64_t model_id, const BatchPolicy& policy);
+    void set_sequences(uint64_t model_id, const SequencePolicy& policy);
+    // Closes the model's idle and timed-out sequences; returns how many stay open.
+    size_t expire_sequences(uint64_t model_id);
     // Answers what the model still queues and forgets it; its workers must be gone.
     void remove_model(uint64_t model_id, const Answer& answer);
     // Answers and empties the model's queue; returns how many requests were in it.
@@ -111,7 +114,8 @@ class Core {
     void remove_frontend(uint32_t origin);
 
     // A request from this process; its id must be below 2^kOriginShift.
-    SubmitStatus submit(uint64_t model_id, uint64_t request_id, std::string payload, uint64_t worker);
+    SubmitStatus submit(uint64_t model_id, uint64_t request_id, std::string payload, uint64_t worker,
+                        uint64_t sequence = 0);
     CancelResult cancel(uint64_t model_id, uint64_t request_id);
     Taken take();
 

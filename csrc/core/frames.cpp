@@ -27,7 +27,7 @@ ResultSpan read_result(Reader& reader) {
     if (!reader.read_nil()) reader.read_str();
     for (uint32_t n = reader.read_array_header(); n > 0; --n) {
         expect_items(reader, 2, "a header");
-        reader.read_str();
+        if (reader.read_str() == kSequenceEndHeader) span.ends_sequence = true;
         reader.read_str();
     }
     reader.read_bin();

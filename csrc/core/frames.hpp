@@ -44,7 +44,8 @@ struct SubmitHeader {
     uint8_t unused[7];
     uint64_t model_id;
     uint64_t request_id;
-    uint64_t worker;  // 0, or the worker the request must run on
+    uint64_t worker;    // 0, or the worker the request must run on
+    uint64_t sequence;  // 0, or its stateful sequence's key
 };
 struct CancelHeader {
     uint8_t kind;  // kCancel
@@ -61,7 +62,11 @@ struct ResultSpan {
     size_t begin;  // its bytes within the frame
     size_t end;
     bool more;
+    bool ends_sequence;  // its headers name kSequenceEndHeader: the handler ended its sequence
 };
+
+// TorchServe's response header by which a handler ends its sequence.
+constexpr std::string_view kSequenceEndHeader = "ts_request_sequence_end";
 
 struct WorkerFrame {
     uint8_t kind = 0;

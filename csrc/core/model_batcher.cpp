@@ -29,6 +29,25 @@ void ModelBatcher::remove_worker(Worker* worker) {
 
 SubmitStatus ModelBatcher::push(Request&& request) {
     if (queued_ >= policy_.max_queue_size) return SubmitStatus::kQueueFull;
+    if (request.sequence != 0 && sequences_.enabled()) {
+        switch (sequences_.admit(request, request.arrival)) {
+            case Sequences::Admitted::kRelease:
+                request.worker = sequences_.worker_of(request.sequence);
+                break;
+            case Sequences::Admitted::kWait:
+                stats_.queue_depths.add(queued_);
+                ++queued_;
+                return SubmitStatus::kQueued;
+            case Sequences::Admitted::kQueueFull:
+                return SubmitStatus::kQueueFull;
+            case Sequences::Admitted::kTooMany:
+                return SubmitStatus::kTooManySequences;
+            case Sequences::Admitted::kClosed:
+                return SubmitStatus::kSequenceClosed;
+        }
+    } else {
+        request.sequence = 0;
+    }
     stats_.queue_depths.add(queued_);
     if (request.worker == 0) {
         queue_.push_back(std::move(request));
@@ -37,6 +56,7 @@ SubmitStatus ModelBatcher::push(Request&& request) {
                                   [&](const Worker* w) { return w->id == request.worker; });
         if (found == workers_.end() || (*found)->state == Worker::State::kStopping ||
             (*found)->state == Worker::State::kFailed) {
+            if (request.sequence != 0) sequences_.close(request.sequence);  // nothing waits in it
             return SubmitStatus::kUnknownWorker;
         }
         (*found)->pinned.push_back(std::move(request));
@@ -58,14 +78,18 @@ void ModelBatcher::requeue(std::vector<Request>&& requests) {
 }
 
 bool ModelBatcher::can_take(const Worker& worker) const {
+    // With clientTimeoutInMills a worker holds only the batch it runs: one waiting in its ring
+    // would run however long it had waited there.
+    const bool one_at_a_time = policy_.client_timeout.count() > 0 && !sequences_.policy().continuous;
     return worker.state == Worker::State::kReady && !worker.ring_full &&
-           worker.in_flight.size() < kMaxBatchesInFlight;
+           worker.in_flight.size() < (one_at_a_time ? 1 : kMaxBatchesInFlight);
 }
 
 bool ModelBatcher::due(const Worker& worker, Clock::time_point now) const {
     const size_t waiting = worker.pinned.size() + queue_.size();
     if (waiting == 0) return false;
-    if (worker.in_flight.empty() || waiting >= policy_.batch_size) return true;
+    if (waiting >= policy_.batch_size) return true;
+    if (worker.in_flight.empty() && !policy_.wait_for_full_batch) return true;
     Clock::time_point oldest = Clock::time_point::max();
     if (!worker.pinned.empty()) oldest = worker.pinned.front().arrival;
     if (!queue_.empty()) oldest = std::min(oldest, queue_.front().arrival);
@@ -87,20 +111,94 @@ Worker* ModelBatcher::pick_worker() {
     return best;
 }
 
-std::vector<Request> ModelBatcher::take_batch(Worker& worker) {
+std::vector<Request> ModelBatcher::take_batch(Worker& worker, Clock::time_point now, Outbox& out) {
     std::vector<Request> batch;
     size_t bytes = 0;
+    const bool timeout = policy_.client_timeout.count() > 0;
     for (std::deque<Request>* source : {&worker.pinned, &queue_}) {
         while (!source->empty() && batch.size() < policy_.batch_size) {
-            const size_t next = source->front().payload.size();
+            if (timeout && now - source->front().arrival > policy_.client_timeout) {
+                Request late = std::move(source->front());
+                source->pop_front();
+                --queued_;
+                out.fail(late, client_timeout_answer());
+                answered(late, false, false, out);
+                continue;
+            }
+            Request& request = source->front();
+            const size_t next = request.payload.size();
             if (!batch.empty() && bytes + next > max_batch_bytes_) return batch;
             bytes += next;
-            batch.push_back(std::move(source->front()));
+            if (request.sequence != 0 && request.worker == 0) {
+                sequences_.pin(request.sequence, worker.id);
+                request.worker = worker.id;
+            }
+            batch.push_back(std::move(request));
             source->pop_front();
             --queued_;
         }
     }
     return batch;
+}
+
+Answer ModelBatcher::client_timeout_answer() const {
+    const std::string ms = std::to_string(policy_.client_timeout.count());
+    return Answer{503,
+                  error_body(503, "ServiceUnavailableException",
+                             "Request waited longer than clientTimeoutInMills=" + ms +
+                                 " ms for a worker; it was not run"),
+                  {}};
+}
+
+Worker* ModelBatcher::find_worker(uint64_t worker_id) const {
+    for (Worker* worker : workers_) {
+        if (worker->id == worker_id) return worker;
+    }
+    return nullptr;
+}
+
+void ModelBatcher::route(Request&& request, Outbox& out) {
+    Worker* owner = request.worker != 0 ? find_worker(request.worker) : nullptr;
+    if (request.worker != 0 && (!owner || owner->state == Worker::State::kStopping ||
+                                owner->state == Worker::State::kFailed)) {
+        static const Answer gone{503,
+                                 error_body(503, "ServiceUnavailableException",
+                                            "The worker that holds this request's sequence is gone"),
+                                 {}};
+        out.fail(request, gone);
+        for (const Request& left : sequences_.close(request.sequence)) out.fail(left, gone);
+        return;
+    }
+    (owner ? owner->pinned : queue_).push_back(std::move(request));
+    ++queued_;
+}
+
+void ModelBatcher::answered(Request& request, bool more, bool ends, Outbox& out) {
+    if (request.sequence == 0 || request.moved_on) return;
+    if (more && !sequences_.policy().continuous) return;
+    request.moved_on = true;
+    if (ends) {
+        static const Answer ended{503,
+                                  error_body(503, "ServiceUnavailableException",
+                                             "The handler ended this request's sequence before it ran"),
+                                  {}};
+        for (const Request& left : sequences_.close(request.sequence)) {
+            out.fail(left, ended);
+            --queued_;
+        }
+        return;
+    }
+    std::optional<Request> next = sequences_.next(request.sequence, Clock::now());
+    if (!next) return;
+    --queued_;  // counted while it waited in its sequence; route() counts it again
+    route(std::move(*next), out);
+}
+
+void ModelBatcher::close_sequences(uint64_t worker_id, const Answer& lost, Outbox& out) {
+    for (const Request& left : sequences_.close_worker(worker_id)) {
+        out.fail(left, lost);
+        --queued_;
+    }
 }
 
 bool ModelBatcher::send_batch(Worker& worker, std::vector<Request>& batch, Outbox& out) {
@@ -119,7 +217,10 @@ bool ModelBatcher::send_batch(Worker& worker, std::vector<Request>& batch, Outbo
                                             "Not enough memory for a batch of " + std::to_string(size) +
                                                 " bytes in the worker's channel"),
                             {}};
-        for (const Request& request : batch) out.fail(request, answer);
+        for (Request& request : batch) {
+            out.fail(request, answer);
+            answered(request, false, false, out);
+        }
         batch.clear();
         return true;
     }
@@ -145,7 +246,8 @@ void ModelBatcher::dispatch(Clock::time_point now, Outbox& out) {
     for (Worker* worker : workers_) {
         // A worker with requests of its own takes them first, filling up from the queue.
         while (!worker->pinned.empty() && can_take(*worker) && due(*worker, now)) {
-            std::vector<Request> batch = take_batch(*worker);
+            std::vector<Request> batch = take_batch(*worker, now, out);
+            if (batch.empty()) continue;
             if (!send_batch(*worker, batch, out)) {
                 requeue(std::move(batch));
                 break;
@@ -155,8 +257,8 @@ void ModelBatcher::dispatch(Clock::time_point now, Outbox& out) {
     while (!queue_.empty()) {
         Worker* worker = pick_worker();
         if (!worker || !due(*worker, now)) return;
-        std::vector<Request> batch = take_batch(*worker);
-        if (!send_batch(*worker, batch, out)) requeue(std::move(batch));
+        std::vector<Request> batch = take_batch(*worker, now, out);
+        if (!batch.empty() && !send_batch(*worker, batch, out)) requeue(std::move(batch));
     }
 }
 
@@ -184,6 +286,8 @@ std::vector<Request> ModelBatcher::take_all() {
         std::move(worker->pinned.begin(), worker->pinned.end(), std::back_inserter(all));
         worker->pinned.clear();
     }
+    std::vector<Request> waiting = sequences_.take_where([](const Request&) { return true; });
+    std::move(waiting.begin(), waiting.end(), std::back_inserter(all));
     queued_ = 0;
     return all;
 }
@@ -199,6 +303,14 @@ std::vector<Request> ModelBatcher::take_where(const std::function<bool(const Req
     };
     sift(queue_);
     for (Worker* worker : workers_) sift(worker->pinned);
+    std::vector<Request> waiting = sequences_.take_where(taken_out);
+    std::move(waiting.begin(), waiting.end(), std::back_inserter(taken));
+    // A sequence that loses a request never sees its later ones run in order: it closes.
+    for (size_t i = 0, count = taken.size(); i < count; ++i) {
+        if (taken[i].sequence == 0) continue;
+        std::vector<Request> left = sequences_.close(taken[i].sequence);
+        std::move(left.begin(), left.end(), std::back_inserter(taken));
+    }
     queued_ -= taken.size();
     return taken;
 }
@@ -211,19 +323,25 @@ std::vector<Request> ModelBatcher::take_older(Clock::time_point cutoff) {
     return take_where([cutoff](const Request& request) { return request.arrival < cutoff; });
 }
 
-bool ModelBatcher::cancel(uint64_t request_id, bool* was_running) {
+bool ModelBatcher::cancel(uint64_t request_id, bool* was_running, Outbox& out) {
     auto remove_from = [&](std::deque<Request>& source) {
         auto found = std::find_if(source.begin(), source.end(),
                                   [&](const Request& r) { return r.id == request_id; });
         if (found == source.end()) return false;
+        Request cancelled = std::move(*found);
         source.erase(found);
         --queued_;
+        answered(cancelled, false, false, out);  // its sequence goes on without it
         return true;
     };
     *was_running = false;
     if (remove_from(queue_)) return true;
     for (Worker* worker : workers_) {
         if (remove_from(worker->pinned)) return true;
+    }
+    if (!sequences_.take_where([&](const Request& r) { return r.id == request_id; }).empty()) {
+        --queued_;
+        return true;
     }
     for (Worker* worker : workers_) {
         for (Batch& batch : worker->in_flight) {

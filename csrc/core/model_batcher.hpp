@@ -23,24 +23,20 @@
 
 #include "../common/clock.hpp"
 #include "channel.hpp"
+#include "request.hpp"
+#include "sequences.hpp"
 
 namespace pyserve {
-
-struct Request {
-    uint64_t id = 0;
-    uint32_t origin = 0;  // the frontend it came from (0: the server process itself)
-    uint64_t worker = 0;  // the worker it must run on; 0: any
-    std::string payload;  // the request's own msgpack bytes, sent to the worker as they are
-    Clock::time_point arrival{};
-    int attempts = 0;        // dispatches lost because their worker died
-    bool answered = false;   // in flight: its (last) answer came
-    bool cancelled = false;  // in flight: nobody waits for its answer any more
-};
 
 struct BatchPolicy {
     size_t batch_size = 1;
     std::chrono::microseconds max_batch_delay{100000};
     size_t max_queue_size = 100;
+    // clientTimeoutInMills: a request queued longer is answered `expired`, never run; 0: none.
+    std::chrono::milliseconds client_timeout{0};
+    // TorchServe's policy: a batch leaves only when full or max_batch_delay old, even if a
+    // worker is idle. pyserve's default sends to an idle worker at once.
+    bool wait_for_full_batch = false;
 };
 
 enum class SubmitStatus : int {
@@ -48,7 +44,9 @@ enum class SubmitStatus : int {
     kQueueFull = 1,
     kUnknownModel = 2,
     kTooLarge = 3,
-    kUnknownWorker = 4,  // pinned to a worker the model does not have (any more)
+    kUnknownWorker = 4,     // pinned to a worker the model does not have (any more)
+    kTooManySequences = 5,  // a new sequence past maxNumSequence
+    kSequenceClosed = 6,    // its sequence expired, ended, or lost its worker
 };
 
 struct Batch {
@@ -128,6 +126,15 @@ class ModelBatcher {
     size_t queued() const { return queued_; }
     const ModelStats& stats() const { return stats_; }
     const std::vector<Worker*>& workers() const { return workers_; }
+    void set_sequences(const SequencePolicy& policy) { sequences_.set_policy(policy); }
+    // Closes the idle and timed-out sequences (they are also closed when next asked for).
+    void expire_sequences(Clock::time_point now) { sequences_.expire(now); }
+    size_t open_sequences() const { return sequences_.open(); }
+    // A request of the batch was answered, finally (`more` false) or with a part; `ends`: its
+    // handler ended its sequence. Lets its sequence's next request go, or closes it.
+    void answered(Request& request, bool more, bool ends, Outbox& out);
+    // The worker died: its sequences are closed and what waited in them answered `lost`.
+    void close_sequences(uint64_t worker_id, const Answer& lost, Outbox& out);
 
     void add_worker(Worker* worker) { workers_.push_back(worker); }
     // Takes the worker out; its pinned requests are the caller's to answer.
@@ -147,7 +154,7 @@ class ModelBatcher {
     std::vector<Request> take_older(Clock::time_point cutoff);
     // Takes a queued request out (true), or marks a running one so that its answer is
     // dropped; false if the model holds no such request.
-    bool cancel(uint64_t request_id, bool* was_running);
+    bool cancel(uint64_t request_id, bool* was_running, Outbox& out);
 
     // The time the core's timer is armed for on this model's behalf; kNever when none.
     static constexpr Clock::time_point kNever = Clock::time_point::max();
@@ -158,8 +165,12 @@ class ModelBatcher {
     std::vector<Request> take_where(const std::function<bool(const Request&)>& taken_out);
     bool due(const Worker& worker, Clock::time_point now) const;
     Worker* pick_worker();
-    std::vector<Request> take_batch(Worker& worker);
+    std::vector<Request> take_batch(Worker& worker, Clock::time_point now, Outbox& out);
+    Answer client_timeout_answer() const;
     bool send_batch(Worker& worker, std::vector<Request>& batch, Outbox& out);
+    Worker* find_worker(uint64_t worker_id) const;
+    // Into the queue it may be taken from: its worker's, or the model's.
+    void route(Request&& request, Outbox& out);
 
     const uint64_t id_;
     std::mutex mutex_;
@@ -168,6 +179,7 @@ class ModelBatcher {
     std::deque<Request> queue_;
     size_t queued_ = 0;  // queue_ and every worker's pinned requests
     std::vector<Worker*> workers_;
+    Sequences sequences_;
     ModelStats stats_;
     uint64_t next_batch_id_ = 1;
     uint64_t dispatch_count_ = 0;
