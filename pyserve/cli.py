@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyserve import __version__, control
 from pyserve.archiver import FORMATS, RUNTIMES
-from pyserve.config import ConfigError, load_settings
+from pyserve.config import ConfigError, load_settings, model_list
 from pyserve.names import InvalidModelName, check_model_name
 
 
@@ -17,18 +17,23 @@ def _start_parser(commands) -> None:
     start = commands.add_parser(
         "start",
         help="start the server (in the background unless --foreground)",
-        description="Start serving models. Flags match `torchserve --start`.",
+        description="Start serving models. Flags match `torchserve --start`. In the "
+                    "background (the default) it prints the server's log until the server is "
+                    "ready, then `Model server started.`, where it listens and which models it "
+                    "serves; a startup model that cannot be loaded is left out, with the reason "
+                    "on stderr, and the server serves the others.",
     )
     start.add_argument("--model-store", metavar="DIR",
                        help="folder holding model archives (.mar, .tar.gz) or model folders; "
                             "overrides model_store in the config file")
     start.add_argument("--models", nargs="+", metavar="MODEL",
-                       help="models to load at startup: NAME=ARCHIVE, ARCHIVE, or 'all' for "
-                            "everything in the model store; overrides load_models")
+                       help="models to load at startup: NAME=ARCHIVE or ARCHIVE, separated by "
+                            "spaces or commas (a.mar,b.mar), or 'all' for everything in the "
+                            "model store; overrides load_models")
     start.add_argument("--ts-config", metavar="FILE",
                        help="TorchServe config.properties to read (env TS_CONFIG_FILE wins)")
     start.add_argument("--foreground", action="store_true",
-                       help="stay attached to the terminal and log to stderr")
+                       help="stay attached to the terminal, logging there")
     start.add_argument("--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
                        help="accepted for torchserve compatibility; pyserve writes no snapshots")
     start.add_argument("--disable-token-auth", "--dt", dest="disable_token_auth",
@@ -37,8 +42,9 @@ def _start_parser(commands) -> None:
                        help="allow registering and unregistering models through the "
                             "management API")
     start.add_argument("--log-dir", metavar="DIR",
-                       help="where a background server writes pyserve.log "
-                            "(default: $LOG_LOCATION or ./logs)")
+                       help="where a background server writes its log files: TorchServe's "
+                            "ts_log.log, model_log.log, access_log.log and pyserve.log, its "
+                            "console (default: $LOG_LOCATION or ./logs)")
     ignored = start.add_argument_group(
         "accepted for torchserve compatibility, without effect",
         "pyserve has no JVM, workflows or plugins; these flags are accepted so that "
@@ -104,7 +110,7 @@ def _settings(args: argparse.Namespace):
     return load_settings(
         config_file,
         model_store=args.model_store,
-        load_models=args.models,
+        load_models=model_list(args.models) if args.models else None,
         disable_token_authorization=True if args.disable_token_auth else None,
         enable_model_api=True if args.enable_model_api else None,
     )
@@ -131,8 +137,11 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
             print(control.ALREADY_RUNNING, file=sys.stderr)
             return 1
         log_dir = Path(args.log_dir or os.environ.get("LOG_LOCATION") or "logs")
-        code, report = control.start_background(argv, log_dir)
-        print(report, file=sys.stdout if code == 0 else sys.stderr)
+        os.environ["LOG_LOCATION"] = str(log_dir)  # the server's log files land beside pyserve.log
+        code, report = control.start_background(argv, log_dir, sys.stdout.buffer)
+        for line in report.splitlines():
+            failed = code != 0 or line.startswith("warning:")
+            print(line, file=sys.stderr if failed else sys.stdout)
         return code
 
     refused = control.claim_pid_file()
@@ -143,7 +152,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     from pyserve.server import run  # the server's imports are not needed to stop one
 
     try:
-        return run(settings, on_ready=control.report_ready)
+        return run(settings, on_ready=control.announce_ready)
     finally:
         control.release_pid_file()
 
@@ -152,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyserve",
         description="A TorchServe-compatible model server with a C++ batching core.",
+        epilog="torchserve's spelling works too: `pyserve --start [FLAGS]` is `pyserve start "
+               "[FLAGS]`, and `pyserve --stop` is `pyserve stop`.",
     )
     parser.add_argument("-v", "--version", action="version", version=f"pyserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -168,8 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# torchserve's flags for what pyserve has commands for; --stop first, as torchserve checks it first
+TORCHSERVE_COMMANDS = {"--stop": "stop", "--start": "start"}
+
+
+def as_command(argv: list[str]) -> list[str]:
+    """`--start ...` or `--stop` (anywhere in torchserve's flags, before any command) as
+    pyserve's `start ...` or `stop`."""
+    if argv and argv[0].startswith("-"):
+        for flag, command in TORCHSERVE_COMMANDS.items():
+            if flag in argv:
+                return [command, *(word for word in argv if word != flag)]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = as_command(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args, [a for a in argv[1:] if a != "--foreground"])

@@ -46,6 +46,9 @@ class Settings:
     unregister_model_timeout: int = 120
     graceful_shutdown_timeout: int = 30
     enable_metrics_api: bool = True
+    metrics_mode: str = "log"  # log, prometheus or legacy: where TorchServe's metrics go (metrics_log.py)
+    metric_time_interval: int = 60  # seconds between two collections of the system metrics
+    disable_system_metrics: bool = False
     frontend_processes: int = 0  # pyserve: processes serving the inference listener; 0: auto
     max_download_size: int = 1 << 30  # pyserve: largest archive a registration downloads, in bytes
     download_timeout: int = 600  # pyserve: seconds a registration's whole download may take
@@ -80,6 +83,7 @@ _BOUNDS = {
     "max_download_size": (1, 2**63 - 1),
     "download_timeout": (1, INT_MAX),
     "max_connections": (1, INT_MAX),
+    "metric_time_interval": (1, INT_MAX),
 }
 
 
@@ -121,6 +125,12 @@ def _convert(key: str, value: str) -> Any:
     if kind == "list[str]":
         return [item.strip() for item in value.split(",") if item.strip()]
     return value.strip()
+
+
+def model_list(words: list[str]) -> list[str]:
+    """`--models` words as load_models entries: TorchServe joins the words with commas and
+    splits load_models on commas, so `a.mar,b.mar c.mar` names three models."""
+    return [entry.strip() for word in words for entry in word.split(",") if entry.strip()]
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}

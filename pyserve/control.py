@@ -16,12 +16,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
+from pyserve.log_tail import LogTail
 from pyserve.processes import is_pyserve
 
 READY_FD_ENV = "PYSERVE_READY_FD"
 STOP_TIMEOUT_SECONDS = 60
+WAIT_STEP_SECONDS = 0.1  # how often a waiting `pyserve start` copies the server's new log lines
+STARTED = "Model server started."  # torchserve prints it once it serves; scripts wait for it
 
 
 ALREADY_RUNNING = "pyserve is already running, please use pyserve stop to stop it."
@@ -88,8 +93,16 @@ def report_ready(message: str) -> None:
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is None:
         return
-    with os.fdopen(int(fd), "w") as pipe:
+    with os.fdopen(int(fd), "w", encoding="utf-8") as pipe:
         pipe.write(message)
+
+
+def announce_ready(message: str) -> None:
+    """A foreground server's on_ready: `Model server started.` on stdout when it is ready, as
+    torchserve prints it, then the report to a waiting `pyserve start` (report_ready)."""
+    if message.startswith("ready"):
+        print(STARTED, flush=True)  # before the report: a starter copying the log finds it there
+    report_ready(message)
 
 
 def free_ports(count: int) -> list[int]:
@@ -151,12 +164,14 @@ def spawn_server(
     cwd: str | os.PathLike | None = None,
     detach: bool = False,
     launcher: list[str] | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Runs `pyserve start --foreground <arguments>` and waits for its report.
 
     The report starts with "ready" once the server listens with its startup models
     loaded; otherwise it says what went wrong (or is empty if the server just exited).
     `launcher`: a command that runs the server, which it is appended to (`unshare ...`).
+    `while_waiting`: called every WAIT_STEP_SECONDS until the report is in.
     """
     read_end, write_end = os.pipe()
     env = dict(os.environ if env is None else env, **{READY_FD_ENV: str(write_end)})
@@ -170,20 +185,39 @@ def spawn_server(
         )
     finally:
         os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        report = pipe.read()  # the server closes its end once ready, or by exiting
-    return process, report
+    return process, _wait_for_report(read_end, while_waiting)
 
 
-def start_background(arguments: list[str], log_dir: Path) -> tuple[int, str]:
-    """Starts a detached server; returns (exit code, what to tell the user)."""
+def _wait_for_report(read_end: int, while_waiting: Callable[[], None] | None) -> str:
+    """All the server writes on the pipe: it closes its end once ready, or by exiting."""
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while True:
+            if select.select([pipe], [], [], WAIT_STEP_SECONDS if while_waiting else None)[0]:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    return b"".join(chunks).decode("utf-8", errors="replace")
+                chunks.append(chunk)
+            if while_waiting:
+                while_waiting()
+
+
+def start_background(arguments: list[str], log_dir: Path, terminal: BinaryIO) -> tuple[int, str]:
+    """Starts a detached server, copying its log to `terminal` up to `Model server started.`
+    (all of it if it fails to start); returns (exit code, what to tell the user)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "pyserve.log"
     with open(log_path, "ab") as log:
-        process, report = spawn_server(arguments, log=log, detach=True)
-    if report.startswith("ready"):
+        tail = LogTail(log_path, STARTED, terminal)
+        try:
+            process, report = spawn_server(arguments, log=log, detach=True, while_waiting=tail.copy)
+            ready = report.startswith("ready")
+            code = 0 if ready else process.wait()
+            tail.copy(to_the_end=not ready)
+        finally:
+            tail.close()
+    if ready:
         return 0, report.replace("ready", f"pyserve started (pid {process.pid}); log: {log_path}", 1)
-    code = process.wait()
     return code or 1, report or f"pyserve exited with code {code}; see {log_path}"
 
 

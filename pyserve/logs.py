@@ -1,5 +1,14 @@
 """What pyserve writes to its logs: one line per event, and no flood of the same error.
 
+As TorchServe's log4j2.xml has it, the server's log goes to the console (stdout) and to
+ts_log.log under LOG_LOCATION, and what workers print (MODEL_LOG, see
+pyserve.engine.worker_output) to model_log.log as well, every line shaped as log4j2's
+`%d{ISO8601} [%-5p] %t %c - %m%n` writes it:
+
+    2024-05-01T12:00:00,123 [INFO ] server-4242 pyserve - model echo:1.0 is served ...
+
+Workers log to their stdout with the message alone, as TorchServe's do: the server reads it.
+
 Names, URLs and headers in log messages come from clients and archives: a newline in one
 would start a line that looks like the server's own, so every message has its control
 characters escaped (tracebacks, multi-line by nature, are left as they are). A failing
@@ -9,11 +18,13 @@ model fails every request: its traceback is logged once, then counted, not repea
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
 import traceback
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -41,14 +52,70 @@ class EscapeControlCharacters(logging.Filter):
         return True
 
 
-def configure_logging(role: str) -> None:
-    """Log lines to stderr, each naming the process (`[server 1234]`), messages escaped."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [{role} %(process)d] %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(EscapeControlCharacters())
+TS_LOG = "ts_log.log"
+MODEL_LOG = "model_log.log"
+MODEL_LOGGER = "MODEL_LOG"  # TorchServe's logger name for what workers print
+
+
+def log_location(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where TorchServe writes its logs: $LOG_LOCATION, or `logs`."""
+    return Path(environ.get("LOG_LOCATION") or "logs")
+
+
+def metrics_location(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where TorchServe writes ts_metrics.log and model_metrics.log: $METRICS_LOCATION, or `logs`."""
+    return Path(environ.get("METRICS_LOCATION") or "logs")
+
+
+class TorchServeFormatter(logging.Formatter):
+    """log4j2's `%d{ISO8601} [%-5p] %t %c - %m%n`. `%t`, TorchServe's thread, is the
+    process (`server-4242`), or the `origin` a record carries (a worker's output)."""
+
+    LEVELS = {"WARNING": "WARN", "CRITICAL": "FATAL"}
+
+    def __init__(self, origin: str):
+        super().__init__("%(asctime)s [%(level)-5s] %(origin)s %(name)s - %(message)s")
+        self.origin = origin
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{when},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.level = self.LEVELS.get(record.levelname, record.levelname)
+        if not hasattr(record, "origin"):
+            record.origin = self.origin
+        return super().format(record)
+
+
+def configure_logging(role: str, directory: Path | None = None) -> None:
+    """The log of a `role` process ("server", "frontend" or "worker"), messages escaped.
+
+    The server and frontend processes log to stdout and append to ts_log.log in `directory`
+    (default: LOG_LOCATION); the server also writes model_log.log. A worker logs the message
+    alone to its stdout."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if role == "worker":
+        _add(root, logging.StreamHandler(sys.stdout), logging.Formatter("%(message)s"))
+        return
+    formatter = TorchServeFormatter(f"{role}-{os.getpid()}")
+    _add(root, logging.StreamHandler(sys.stdout), formatter)
+    directory = directory or log_location()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _add(root, logging.FileHandler(directory / TS_LOG, encoding="utf-8"), formatter)
+        if role == "server":
+            _add(logging.getLogger(MODEL_LOGGER),
+                 logging.FileHandler(directory / MODEL_LOG, encoding="utf-8"), formatter)
+    except OSError as error:
+        logging.getLogger("pyserve").warning("cannot write log files in %s: %s", directory, error)
+
+
+def _add(logger: logging.Logger, handler: logging.Handler, formatter: logging.Formatter) -> None:
+    handler.setFormatter(formatter)
+    handler.addFilter(EscapeControlCharacters())
+    logger.addHandler(handler)
 
 
 class RepeatedErrors:

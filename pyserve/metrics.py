@@ -6,6 +6,9 @@ names (`ts_inference_latency_microseconds`), which prometheus-client would suffi
 `_total` as counters, so they are exposed untyped; `ts_inference_requests_total` is a
 counter as in TorchServe.
 
+What is served depends on metrics_mode (pyserve.metrics_log): `mode` names TorchServe's
+families served here; the others go to the log files. pyserve's own are always served.
+
 Requests are counted by the process that answers them. With several frontend processes the
 server asks each for its `counters()` when scraped and adds them up (`render(others=...)`),
 so a scrape shows the totals. Batch sizes and queue depths are counted by the core itself,
@@ -33,6 +36,16 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUEUE_DEPTH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 HANDLER_HISTOGRAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100,
                              250, 500, 1000, 2500, 5000, 10000)
+# TorchServe's names for the units handlers pass (ts/metrics/unit.py); the metrics its
+# metrics.yaml declares keep the unit written there.
+UNITS = {"ms": "Milliseconds", "s": "Seconds", "percent": "Percent", "count": "Count",
+         "MB": "Megabytes", "GB": "Gigabytes", "kB": "Kilobytes", "B": "Bytes", "": "unit"}
+DECLARED_UNITS = {"HandlerTime": "ms", "PredictionTime": "ms"}
+
+
+def torchserve_unit(name: str, unit: str) -> str:
+    """The unit TorchServe shows for a handler's metric."""
+    return DECLARED_UNITS.get(name) or UNITS.get(unit, unit)
 
 
 class Buckets:
@@ -114,6 +127,9 @@ class ServerMetrics:
         self.worker_summary = worker_summary
         self.model_stats: Callable[[], Iterable[ModelStats]] | None = None
         self.refresh: Callable[[], None] | None = None  # collects what waits to be counted
+        self.mode = "prometheus"  # metrics_mode; see pyserve.metrics_log
+        self.log_handler_metrics: Callable[[list], None] | None = None  # when they are not served
+        self.system: list = []  # the latest system_metrics.Sample list, when they are served
         self._others: Iterable[dict] = ()  # other processes' counters, during render()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -153,6 +169,10 @@ class ServerMetrics:
 
     def record_handler_metrics(self, model, updates: list) -> None:
         """What a handler recorded through context.metrics; see pyserve.worker.metrics."""
+        if self.mode != "prometheus":
+            if self.log_handler_metrics is not None:
+                self.log_handler_metrics(updates)
+            return
         for name, unit, kind, dimension_names, dimension_values, value in updates:
             family = self.handler.get(name)
             label_names = (*dimension_names, "Hostname")
@@ -171,18 +191,26 @@ class ServerMetrics:
     # -- exposition -----------------------------------------------------------------
 
     def collect(self):
-        yield from self._torchserve_families()
-        yield from self._handler_families()
+        served = self.mode == "prometheus"  # everything; legacy: the request counters only
+        responses, requests = self._totals()
+        if served:
+            yield from self._response_families(responses)
+        if served or self.mode == "legacy":
+            yield from self._request_families(requests)
+        if served:
+            yield from self._handler_families()
+            yield from self._system_families()
         yield from self._pyserve_families()
 
-    def _torchserve_families(self):
-        responses, requests_by_model = self._totals()
+    def _response_families(self, responses: dict[str, int]):
         for status_class, count in responses.items():
             family = UnknownMetricFamily(
                 f"Requests{status_class}", "Torchserve prometheus counter metric with unit: Count",
                 labels=["Level", "Hostname"])
             family.add_metric(["Host", self.hostname], count)
             yield family
+
+    def _request_families(self, requests_by_model: dict[tuple[str, str], RequestStats]):
         labels = ["model_name", "model_version", "hostname"]
         requests = CounterMetricFamily("ts_inference_requests",
                                        "Total number of inference requests.", labels=labels)
@@ -199,7 +227,8 @@ class ServerMetrics:
 
     def _handler_families(self):
         for name, family in self.handler.items():
-            help_text = f"Torchserve prometheus {family.kind} metric with unit: {family.unit}"
+            help_text = (f"Torchserve prometheus {family.kind} metric with unit: "
+                         f"{torchserve_unit(name, family.unit)}")
             labels = list(family.label_names)
             if family.kind == "histogram":
                 metric = HistogramMetricFamily(name, help_text, labels=labels)
@@ -214,6 +243,18 @@ class ServerMetrics:
                 for values, value in family.values.items():
                     metric.add_metric(list(values), value)
             yield metric
+
+    def _system_families(self):
+        families: dict[str, GaugeMetricFamily] = {}
+        for sample in self.system:
+            family = families.get(sample.name)
+            if family is None:
+                family = families[sample.name] = GaugeMetricFamily(
+                    sample.name, f"Torchserve prometheus gauge metric with unit: {sample.unit}",
+                    labels=[*(name for name, _ in sample.dimensions), "Hostname"])
+            family.add_metric([*(value for _, value in sample.dimensions), self.hostname],
+                              sample.value)
+        yield from families.values()
 
     def _pyserve_families(self):
         labels = ["model_name", "model_version"]

@@ -18,20 +18,20 @@ from typing import Callable
 
 import uvloop
 
-from pyserve import __version__, archive
+from pyserve import __version__
 from pyserve.allocator import tune_allocator
 from pyserve.config import Settings
 from pyserve.control import listening_line
 from pyserve.engine import Engine
-from pyserve.engine.loading import RegisterOptions
-from pyserve.errors import ServeError
 from pyserve.frontend.inference import inference_app
 from pyserve.frontend.listeners import (Listener, ListenerError, bind, bind_group, listener_tls,
                                        make_listener)
 from pyserve.frontend.management import management_app
 from pyserve.frontend.metrics import metrics_app
 from pyserve.frontend.tokens import TokenKeys
+from pyserve.logfiles import LogFiles
 from pyserve.logs import configure_logging
+from pyserve.startup import load_startup_models, ready_report, serving_line
 from pyserve.supervisor import FrontendSupervisor
 
 log = logging.getLogger("pyserve")
@@ -43,24 +43,6 @@ log = logging.getLogger("pyserve")
 MIN_CORES_FOR_FRONTENDS = 8
 CORES_PER_FRONTEND = 2
 MAX_AUTO_FRONTENDS = 8
-
-def startup_models(settings: Settings) -> list[tuple[str | None, str]]:
-    """`--models` / load_models entries as (name or None, url); `all` means the whole store."""
-    entries: list[tuple[str | None, str]] = []
-    for entry in settings.load_models:
-        if entry == "all":
-            store = Path(settings.model_store or ".")
-            for path in sorted(store.iterdir()):
-                if not path.name.startswith(".") and (
-                    path.is_dir() or path.name.endswith(archive.ARCHIVE_SUFFIXES)
-                ):
-                    entries.append((None, path.name))
-        elif "=" in entry:
-            name, url = entry.split("=", 1)
-            entries.append((name, url))
-        else:
-            entries.append((None, entry))
-    return entries
 
 
 def bound_url(settings: Settings, name: str, sock) -> str:
@@ -81,21 +63,6 @@ def frontend_count(settings: Settings, cores: int | None = None) -> int:
     return min(cores // CORES_PER_FRONTEND, MAX_AUTO_FRONTENDS)
 
 
-async def _load_startup_models(engine: Engine, settings: Settings) -> list[str]:
-    problems = []
-    for name, url in startup_models(settings):
-        try:
-            model = await engine.register(url, RegisterOptions(model_name=name),
-                                          loaded_at_startup=True)
-            log.info("model %s:%s is served from %s with %d workers", model.name, model.version,
-                     url, len(model.live_workers()))
-        except (ServeError, archive.ArchiveError) as error:
-            message = getattr(error, "message", str(error))
-            log.error("cannot load %s: %s", url, message)
-            problems.append(f"{url}: {message}")
-    return problems
-
-
 async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -104,6 +71,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
 
     engine = Engine(settings)
     await engine.start()
+    log_files = LogFiles.open(settings, engine.metrics, engine.gpus)
     tokens = None if settings.disable_token_authorization else TokenKeys(Path.cwd(),
                                                                           settings.token_expiration_min)
     listeners: list[Listener] = []
@@ -135,7 +103,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
             if on_ready:
                 on_ready(f"error: {error}")
             return 1
-        problems = await _load_startup_models(engine, settings)
+        startup = await load_startup_models(engine, settings)
         if supervisor is not None:
             try:  # once the models are loaded: until then connections wait, as with one process
                 await supervisor.start()
@@ -152,12 +120,11 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         listening = listening_line({name: bound_url(settings, name, sock)
                                     for name, sock in sockets.items()})
         log.info("%s", listening)
+        log.info("%s", serving_line(startup.served))
         if tokens is not None:
             log.info("token authorization is on: keys in %s", tokens.path)
         if on_ready:
-            keys = f"\ntoken authorization is on: keys in {tokens.path}" if tokens else ""
-            on_ready(f"ready\n{listening}" + keys
-                     + "".join(f"\nwarning: cannot load {p}" for p in problems))
+            on_ready(ready_report(listening, startup, tokens.path if tokens else None))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping: finishing in-flight requests")
@@ -178,6 +145,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                 sock.close()
         if tokens is not None:
             tokens.remove_file()
+        await log_files.close()
         log.info("stopped")
     return 0
 

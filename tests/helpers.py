@@ -91,18 +91,23 @@ def start_server(
 ) -> Server:
     """`pyserve start --foreground` on free ports; returns once it reports ready.
 
-    Token authorization is off unless the caller sets disable_token_authorization itself.
-    `launcher`: a command the server runs under (see control.spawn_server).
+    Token authorization is off unless the caller sets disable_token_authorization itself, and
+    metrics_mode is prometheus unless it sets metrics_mode (most tests read the metrics API).
+    The log files go to `tmp_path/logs`. `launcher`: a command the server runs under (see
+    control.spawn_server).
     """
     config_file = tmp_path / "config.properties"
+    config.setdefault("metrics_mode", "prometheus")
     write_loopback_config(config_file, **config)
     log_path = tmp_path / "server.log"
+    logs = tmp_path / "logs"
     arguments = ["--model-store", str(model_store), "--ts-config", str(config_file)]
     if models:
         arguments += ["--models", *models]
     with open(log_path, "wb") as log:
         process, report = spawn_server(
-            arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), **(env or {})),
+            arguments, log=log, env=dict(os.environ, TMPDIR=str(tmp_path), LOG_LOCATION=str(logs),
+                                         METRICS_LOCATION=str(logs)) | (env or {}),
             cwd=tmp_path, launcher=launcher,
         )
     ports = listening_ports(report)

@@ -655,7 +655,7 @@ def test_a_worker_process_exits_with_code_3_on_a_garbage_request_frame():
         process = subprocess.Popen(
             [sys.executable, "-m", "pyserve.worker", "--channel", ",".join(map(str, fds)),
              "--parent-pid", str(os.getpid())],
-            cwd=ECHO_DIR, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=fds,
+            cwd=ECHO_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, pass_fds=fds,
         )
         try:
             take_from(core, lambda replies, events: any(kind == frames.LOADED for _, kind, _ in events),
@@ -664,12 +664,12 @@ def test_a_worker_process_exits_with_code_3_on_a_garbage_request_frame():
             assert down.write(b"\x93\x02\xcf\x00\x01")[0] == _core.WRITTEN  # a batch cut short
             os.eventfd_write(fds[3], 1)
             assert process.wait(timeout=30) == 3
-            assert b"giving up on the rings shared with the server" in process.stderr.read()
+            assert b"giving up on the rings shared with the server" in process.stdout.read()  # its log
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            process.stderr.close()
+            process.stdout.close()
             exited(core, 1)
 
 

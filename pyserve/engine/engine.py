@@ -26,12 +26,13 @@ from pyserve.engine.extract_root import make_extract_root
 from pyserve.engine.loading import RegisterOptions, prepare
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.placement import Placement, visible_gpus
-from pyserve.engine.pool import WorkerPool
+from pyserve.engine.pool import WorkerPool, load_failure_code
+from pyserve.engine.workers import WorkerProcess
 from pyserve.errors import (ModelNotFound, ModelVersionNotFound, RetryLater, ServeError,
                             ServiceUnavailable, error_body)
 from pyserve.frames import Result
 from pyserve.metrics import ModelStats, ServerMetrics, WorkerSummary
-from pyserve.serving.client import LocalClient
+from pyserve.serving.client import LocalClient, OnPart
 from pyserve.serving.directory import find_version, no_worker
 
 log = logging.getLogger("pyserve.engine")
@@ -49,6 +50,17 @@ def ring_capacity_for(max_request_size: int, max_response_size: int) -> int:
     while capacity < needed:
         capacity *= 2
     return capacity
+
+
+class WorkersDidNotLoad(ServeError):
+    """A synchronous registration undone because its workers did not load. `cause` is a
+    worker's own reason (the handler's exception, or the startup timeout), which the API
+    answer leaves out as TorchServe's does, for the one who started the server."""
+
+    def __init__(self, model: ModelVersion, cause: str | None, code: int = 500):
+        super().__init__(code, "InternalServerException",
+                         f"Failed to start workers for model {model.name} version: {model.version}")
+        self.cause = cause
 
 
 async def _nothing() -> None:
@@ -84,6 +96,7 @@ class Engine:
         self.client = LocalClient(self.core, self._loop, self._on_events)
         self.metrics.refresh = self.client.take
         self.pool.start(self._loop)
+        self.pool.take_events = self.client.take
         self._loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
     def _housekeeping(self) -> None:
@@ -99,6 +112,8 @@ class Engine:
                     model.unready_since = now
                 elif now - model.unready_since > model.config.response_timeout:
                     self._expire_queued(model)
+                if model.stateful:
+                    self.core.expire_sequences(model.core_id)
         self._loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
 
     def _expire_queued(self, model: ModelVersion) -> None:
@@ -162,19 +177,24 @@ class Engine:
         config = model.config
         if config.device_type is None:
             config.device_type = "gpu" if self.gpus else "cpu"
-        self.core.add_model(model.core_id, config.batch_size, config.max_batch_delay, config.job_queue_size)
+        self.core.add_model(model.core_id, config.batch_size, config.max_batch_delay, config.job_queue_size,
+                            config.client_timeout, config.wait_for_full_batch)
+        if config.sequence is not None:
+            sequence = config.sequence
+            self.core.set_sequences(model.core_id, sequence.max_sequences, sequence.max_queue,
+                                    sequence.max_idle, sequence.timeout, sequence.continuous)
         self.models.setdefault(model.name, {})[model.version] = model
         self.default_versions.setdefault(model.name, model.version)
         self.on_change()
         try:
-            started = self.pool.scale_to(model, config.min_workers)
+            started, _ = self.pool.scale_to(model, config.min_workers)
         except ServeError:
             await self.unregister(model)
             raise
-        if synchronous and not await self.pool.wait_loaded(model, started):
+        failed = await self.pool.wait_loaded(started) if synchronous else None
+        if failed is not None:
             await self.unregister(model)
-            raise ServeError(500, "InternalServerException",
-                             f"Failed to start workers for model {model.name} version: {model.version}")
+            raise WorkersDidNotLoad(model, failed.load_error, load_failure_code(failed))
         await self.settle()
         return model
 
@@ -214,17 +234,20 @@ class Engine:
     # -- workers ----------------------------------------------------------------------
 
     async def scale(self, model: ModelVersion, min_workers: int, max_workers: int,
-                    synchronous: bool) -> bool:
-        """Sets the version's worker range and starts or stops workers to reach min_workers."""
+                    synchronous: bool) -> WorkerProcess | None:
+        """Sets the version's worker range and starts or stops workers to reach min_workers. If
+        synchronous, returns once the workers started have loaded and those stopped have
+        exited: the first started worker that failed to load, if any."""
         model.config.min_workers = min_workers
         model.config.max_workers = max_workers
-        started = self.pool.scale_to(model, min_workers)
+        started, stopping = self.pool.scale_to(model, min_workers)
         self.on_change()
         if not synchronous:
-            return True
-        loaded = await self.pool.wait_loaded(model, started)
+            return None
+        failed = await self.pool.wait_loaded(started)
+        await self.pool.wait_exited(stopping)
         await self.settle()
-        return loaded
+        return failed
 
     def worker_summary(self) -> list[WorkerSummary]:
         return [
@@ -254,12 +277,12 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------------
 
-    def infer(
-        self, model: ModelVersion, request_id: str, content_type: str, headers: list, body: bytes
-    ) -> asyncio.Future[Result]:
+    def infer(self, model: ModelVersion, request_id: str, content_type: str, headers: list,
+              body: bytes, sequence: int = 0, on_part: OnPart | None = None) -> asyncio.Future[Result]:
         if not model.can_serve():
             raise no_worker(model.name)
-        return self.client.submit(model.core_id, request_id, content_type, headers, body)[1]
+        return self.client.submit(model.core_id, request_id, content_type, headers, body,
+                                  sequence=sequence, on_part=on_part)[1]
 
     # -- shutdown ---------------------------------------------------------------------
 

@@ -7,7 +7,11 @@ Which value wins, for each setting (TorchServe's order, except where noted):
 - min/max workers: the yaml's minWorkers/maxWorkers when valid, else initial_workers;
 - response_timeout, startup_timeout: the API value, else the yaml's, else the server's
   default (TorchServe lets an unwritten yaml value of 120 override the API: a bug);
-- job_queue_size: the yaml's jobQueueSize, else the server's job_queue_size.
+- job_queue_size: the yaml's jobQueueSize, else the server's job_queue_size;
+- sequence batching (sequenceBatching with sequenceMaxIdleMSec above 0), clientTimeoutInMills,
+  and pyserve's waitForFullBatch: the yaml's only;
+- max_retry_timeout: the yaml's maxRetryTimeoutInSec (an integer; a negative one is 0),
+  else 300 s.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pyserve import archive
 from pyserve.config import INT_MAX, Settings
 from pyserve.engine.allowed_urls import refuse_double_encoding, resolved, url_allowed
 from pyserve.engine.fetch import fetch, is_url
-from pyserve.engine.models import ModelConfig, ModelVersion
+from pyserve.engine.models import ModelConfig, ModelVersion, SequenceConfig
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
 from pyserve.names import check_model_name
 
@@ -115,10 +119,18 @@ def _non_negative(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _retry_timeout(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    return ModelConfig.max_retry_timeout
+
+
 def _check_yaml_ints(yaml_config: dict) -> None:
     """TorchServe reads these keys as Java ints: a larger number is refused, never wrapped."""
     for key in ("batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout", "jobQueueSize",
-                "minWorkers", "maxWorkers"):
+                "minWorkers", "maxWorkers", "maxRetryTimeoutInSec", "clientTimeoutInMills",
+                "sequenceMaxIdleMSec", "sequenceTimeoutMSec", "maxSequenceJobQueueSize",
+                "maxNumSequence"):
         value = yaml_config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > INT_MAX:
             raise BadRequest(f"model config {key}: {value} is out of range; at most {INT_MAX}")
@@ -141,6 +153,7 @@ def settle_config(options: RegisterOptions, yaml_config: dict, settings: Setting
                          _non_negative(yaml_config.get("startupTimeout"))) if v is not None),
             settings.default_startup_timeout),
         job_queue_size=_positive(yaml_config.get("jobQueueSize")) or settings.job_queue_size,
+        max_retry_timeout=_retry_timeout(yaml_config.get("maxRetryTimeoutInSec")),
     )
     workers = options.initial_workers if options.initial_workers is not None else default_workers
     workers = max(workers, 0)
@@ -156,7 +169,26 @@ def settle_config(options: RegisterOptions, yaml_config: dict, settings: Setting
     device_ids = yaml_config.get("deviceIds")
     if isinstance(device_ids, list) and all(isinstance(i, int) for i in device_ids):
         config.device_ids = device_ids
+    config.client_timeout = _non_negative(yaml_config.get("clientTimeoutInMills")) or 0
+    config.wait_for_full_batch = yaml_config.get("waitForFullBatch") is True
+    config.sequence = sequence_config(yaml_config)
     return config
+
+
+def sequence_config(yaml_config: dict) -> SequenceConfig | None:
+    """TorchServe's sequence batching: on with sequenceBatching and a sequenceMaxIdleMSec
+    above 0. At most maxNumSequence sequences are open at once (TorchServe 0.12 refuses the
+    next one; later versions raise the bound to batchSize x maxWorkers)."""
+    max_idle = _positive(yaml_config.get("sequenceMaxIdleMSec"))
+    if yaml_config.get("sequenceBatching") is not True or not max_idle:
+        return None
+    return SequenceConfig(
+        max_idle=max_idle,
+        timeout=_non_negative(yaml_config.get("sequenceTimeoutMSec")) or 0,
+        max_queue=_positive(yaml_config.get("maxSequenceJobQueueSize")) or 1,
+        max_sequences=_positive(yaml_config.get("maxNumSequence")) or 1,
+        continuous=yaml_config.get("continuousBatching") is True,
+    )
 
 
 def describe_archive(url: str, model_dir: Path, options: RegisterOptions) -> tuple[dict, str, str, str]:

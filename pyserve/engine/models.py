@@ -19,11 +19,26 @@ class ModelConfig:
     max_batch_delay: int = 100  # milliseconds
     response_timeout: int = 120  # seconds
     startup_timeout: int = 120  # seconds
+    max_retry_timeout: int = 300  # seconds: maxRetryTimeoutInSec, how long failed loads are retried
     min_workers: int = 1
     max_workers: int = 1
     job_queue_size: int = 100
     device_type: str | None = None  # "cpu" or "gpu"; None until placed: gpu when GPUs are visible
     device_ids: list[int] | None = None
+    client_timeout: int = 0  # milliseconds: clientTimeoutInMills; 0: none
+    wait_for_full_batch: bool = False  # pyserve's waitForFullBatch: TorchServe's batching policy
+    sequence: "SequenceConfig | None" = None  # a stateful model's sequence batching
+
+
+@dataclass
+class SequenceConfig:
+    """TorchServe's sequence batching settings (model-config yaml), see csrc/core/sequences.hpp."""
+
+    max_idle: int  # milliseconds: sequenceMaxIdleMSec
+    timeout: int = 0  # milliseconds: sequenceTimeoutMSec; 0: none
+    max_queue: int = 1  # maxSequenceJobQueueSize
+    max_sequences: int = 1  # maxNumSequence: sequences open at once
+    continuous: bool = False  # continuousBatching
 
 
 @dataclass
@@ -51,6 +66,10 @@ class ModelVersion:
 
     def live_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.alive]
+
+    @property
+    def stateful(self) -> bool:
+        return self.config.sequence is not None
 
     def can_serve(self) -> bool:
         """A worker is alive or coming back: requests may queue for it instead of being refused."""

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pyserve.engine.worker_output import OutputReader
+
 log = logging.getLogger("pyserve.engine")
 
 
@@ -25,7 +27,7 @@ class WorkerState(enum.Enum):
     STARTING = "STARTING"
     READY = "READY"
     UNLOADING = "UNLOADING"
-    FAILED = "FAILED"  # its handler failed to load; the process is on its way out
+    FAILED = "FAILED"  # it failed to load (and has exited, or is on its way out)
     STOPPED = "STOPPED"
 
 
@@ -52,8 +54,10 @@ class WorkerProcess:
         on_exit: Callable[["WorkerProcess"], None],
         env: dict[str, str] | None = None,
         extra_paths: list[str] | None = None,
+        name: str | None = None,
     ):
         self.id = worker_id
+        self.name = name or f"W-{worker_id}"  # TorchServe's: W-9000-echo_1.0
         self.model_dir = model_dir
         self.state = WorkerState.STARTING
         self.start_time = datetime.datetime.now()
@@ -72,6 +76,7 @@ class WorkerProcess:
         self.loaded: asyncio.Future | None = None
         self.exited: asyncio.Future | None = None
         self.placement = None  # a pyserve.engine.placement.WorkerPlacement once placed
+        self._output: list[OutputReader] = []
 
     @property
     def pid(self) -> int | None:
@@ -96,17 +101,28 @@ class WorkerProcess:
             "--parent-pid", str(os.getpid()),
         ]
         # The channel's descriptors are the only ones it inherits (close_fds): no worker can
-        # reach another's channel.
-        self._process = subprocess.Popen(
-            command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._extra_paths, self._env),
-            stdin=subprocess.DEVNULL, pass_fds=self._channel_fds,
-        )
+        # reach another's channel. What it prints goes to model_log.log (worker_output).
+        stdout, stderr = os.pipe(), os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                command, cwd=self.model_dir, env=worker_environment(self.model_dir, self._extra_paths, self._env),
+                stdin=subprocess.DEVNULL, stdout=stdout[1], stderr=stderr[1], pass_fds=self._channel_fds,
+            )
+        except BaseException:
+            for fd in (*stdout, *stderr):
+                os.close(fd)
+            raise
+        os.close(stdout[1])
+        os.close(stderr[1])
+        self._output = [OutputReader(stdout[0], f"{self.name}-stdout", logging.INFO, loop),
+                        OutputReader(stderr[0], f"{self.name}-stderr", logging.WARNING, loop)]
         try:
             self._pidfd = os.pidfd_open(self._process.pid)
             loop.add_reader(self._pidfd, self._reap)
         except OSError:
             self._process.kill()
             self._process.wait()
+            self._close_output()
             if self._pidfd is not None:
                 os.close(self._pidfd)
             raise
@@ -119,11 +135,10 @@ class WorkerProcess:
             self.loaded.set_result(True)
 
     def mark_load_failed(self, message: str) -> None:
+        """`loaded` is settled when the process has exited: its exit code says why it failed."""
         self.load_error = message
-        if self.state is WorkerState.STARTING:
+        if self.state in (WorkerState.STARTING, WorkerState.STOPPED):
             self.state = WorkerState.FAILED
-        if not self.loaded.done():
-            self.loaded.set_result(False)
 
     def stop(self) -> None:
         """The engine already asked the worker to finish and exit; this only records it."""
@@ -143,14 +158,23 @@ class WorkerProcess:
         os.close(self._pidfd)
         self._pidfd = None
         self.exit_code = self._process.wait()
-        self.state = WorkerState.STOPPED
+        self._close_output()
+        if self.state is not WorkerState.FAILED:
+            self.state = WorkerState.STOPPED
         if not self.loaded.done():
             self.loaded.set_result(False)
         self._on_exit(self)
         self.exited.set_result(self.exit_code)
 
+    def _close_output(self) -> None:
+        for reader in self._output:
+            reader.close()
+        self._output = []
+
     def memory_usage(self) -> int:
         """Resident set size in bytes, as TorchServe's describe reports it; 0 once gone."""
+        if self.exit_code is not None:
+            return 0  # its pid may be another process's by now
         try:
             with open(f"/proc/{self.pid}/statm") as statm:
                 return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

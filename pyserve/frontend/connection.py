@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from pyserve import access_log
 from pyserve.errors import error_body
 
 log = logging.getLogger("pyserve.frontend")
@@ -140,6 +141,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._linger_read_at = 0.0
         self._linger_bytes = 0
         self._linger_timer = None
+        recorder = access_log.for_connection(self)  # access_log.log, through uvicorn's hook
+        if recorder is not None:
+            self.access_log, self.access_logger = True, recorder
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -287,6 +291,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # no new cycle for an upgrade
+            self.cycle.started_at = self.loop.time()
             self._unanswered.append(self.cycle)
 
     def on_body(self, body: bytes) -> None:
@@ -313,6 +318,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     # -- answers ----------------------------------------------------------------------------
+
+    def answering(self):
+        """The request cycle whose answer is being sent: answers go out in order."""
+        return self._unanswered[0] if self._unanswered else None
 
     def on_response_complete(self) -> None:
         if self._unanswered:

@@ -37,23 +37,24 @@ def describe_model(model: ModelVersion, queued: int) -> dict:
         "maxBatchDelay": config.max_batch_delay,
         "responseTimeout": config.response_timeout,
         "startupTimeout": config.startup_timeout,
-        "maxRetryTimeoutInSec": yaml.get("maxRetryTimeoutInSec", 300),
-        "clientTimeoutInMills": yaml.get("clientTimeoutInMills", 0),
+        "maxRetryTimeoutInSec": config.max_retry_timeout,
+        "clientTimeoutInMills": config.client_timeout,
         "parallelType": yaml.get("parallelType", ""),
         "parallelLevel": yaml.get("parallelLevel", 0),
         "deviceType": config.device_type,
     }
     if config.device_ids is not None:
         described["deviceIds"] = config.device_ids
+    sequence = config.sequence
     described.update({
-        "continuousBatching": False,
+        "continuousBatching": yaml.get("continuousBatching") is True,
         "useJobTicket": bool(yaml.get("useJobTicket", False)),
         "useVenv": False,
-        "stateful": False,
-        "sequenceMaxIdleMSec": 0,
-        "sequenceTimeoutMSec": 0,
-        "maxNumSequence": 0,
-        "maxSequenceJobQueueSize": 0,
+        "stateful": sequence is not None,
+        "sequenceMaxIdleMSec": sequence.max_idle if sequence else 0,
+        "sequenceTimeoutMSec": sequence.timeout if sequence else 0,
+        "maxNumSequence": sequence.max_sequences if sequence else 0,
+        "maxSequenceJobQueueSize": sequence.max_queue if sequence else 0,
         "loadedAtStartup": model.loaded_at_startup,
         "workers": [describe_worker(worker) for worker in model.workers.values()],
         "jobQueueStatus": {

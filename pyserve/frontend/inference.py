@@ -10,17 +10,23 @@ routes below answer the same way for every other method and path.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pyserve.config import Settings
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.openapi import inference_api
-from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
+from pyserve.frontend.predictions import FastPredictions, Predictor, Streamed, result_headers
 from pyserve.frontend.tokens import KeyCheck
 from pyserve.serving.directory import Directory
 
 PREDICTION_METHODS = ["GET", "POST", "PUT"]
+
+
+async def _chunks(answer: Streamed):
+    yield answer.first.body
+    async for part in answer.rest():
+        yield part.body
 
 
 def inference_app(directory: Directory, settings: Settings, version: str, tokens: KeyCheck | None = None):
@@ -34,13 +40,18 @@ def inference_app(directory: Directory, settings: Settings, version: str, tokens
     async def run(request: Request, explain: bool) -> Response:
         params = request.path_params
         body = await read_body(request.receive, request.headers.get("content-length"), limit)
-        result = await predictor.predict(
+        answer = await predictor.predict(
             params["model_name"], params.get("model_version"), params.get("url_path", ""), explain,
             request.scope[REQUEST_ID], request.scope["headers"],
             request.headers.get("content-type", ""), body,
         )
-        status, headers = result_headers(result)
-        response = Response(result.body, status_code=status)
+        if isinstance(answer, Streamed):
+            status, headers = result_headers(answer.first, streamed=True)
+            response = StreamingResponse(_chunks(answer), status_code=status)
+            response.raw_headers = headers
+            return response
+        status, headers = result_headers(answer)
+        response = Response(answer.body, status_code=status)
         response.raw_headers = headers
         return response
 

@@ -25,6 +25,7 @@ from pyserve.config import Settings
 from pyserve.engine import Engine
 from pyserve.engine.loading import RUNTIMES, RegisterOptions
 from pyserve.engine.models import ModelVersion
+from pyserve.engine.pool import load_failure_code
 from pyserve.errors import BadRequest, ServeError
 from pyserve.frontend.describe import describe_model
 from pyserve.frontend.http import (NOT_FOUND, MethodNotAllowed, json_response, listener_app,
@@ -208,11 +209,11 @@ def management_app(engine: Engine, settings: Settings, version: str,
             raise BadRequest("max_worker cannot be less than min_worker.")
         _worker_count("min_worker", min_worker)
         synchronous = as_bool(params.get("synchronous"), False)
-        loaded = await engine.scale(model, min_worker, max_worker, synchronous)
+        failed = await engine.scale(model, min_worker, max_worker, synchronous)
         if not synchronous:
             return status_response("Processing worker updates...", 202)
-        if not loaded:
-            raise ServeError(500, "InternalServerException",
+        if failed is not None:
+            raise ServeError(load_failure_code(failed), "InternalServerException",
                              f"Failed to start workers for model {name} version: {version or 'null'}")
         if len(model.ready_workers()) < min_worker:
             return status_response("Workers scaling in progress...", 206)

@@ -9,8 +9,10 @@ does (metrics, headers added for the handler, the answer) is written once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect
 
@@ -19,6 +21,7 @@ from pyserve.frames import Result
 from pyserve.frontend.http import NO_CACHE_HEADERS, BodyTooLarge, RequestIds, read_body
 from pyserve.frontend.tokens import AUTHORIZATION_FAILED, KeyCheck
 from pyserve.serving.directory import Directory
+from pyserve.serving.sequences import with_sequence
 
 JSON = b"application/json"
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
@@ -26,6 +29,29 @@ BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")  # uvico
 SHOWN_NAME_CHARACTERS = 64
 METHODS = ("POST", "PUT", "GET")
 PREFIX = "/predictions/"
+
+
+@dataclass
+class Streamed:
+    """An answer that came in parts: the first, the ones after it as they come, the last."""
+
+    first: Result
+    parts: asyncio.Queue
+    last: asyncio.Future
+
+    async def rest(self):
+        """The parts after the first, then the last, in the order they came."""
+        while True:
+            getter = asyncio.ensure_future(self.parts.get())
+            await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not self.parts.empty():
+                yield self.parts.get_nowait()
+            yield self.last.result()
+            return
 
 
 class Predictor:
@@ -36,18 +62,38 @@ class Predictor:
         self.metrics = directory.metrics
 
     async def predict(self, name: str, version: str | None, url_path: str, explain: bool,
-                      request_id: str, headers: list, content_type: str, body: bytes) -> Result:
+                      request_id: str, headers: list, content_type: str,
+                      body: bytes) -> Result | Streamed:
         arrival = time.monotonic_ns()
         model = self.directory.model(name, version)
         stats = self.metrics.request_stats(name, version or "default")
         stats.requests += 1  # TorchServe counts a request once accepted, even if it then fails
         headers = [*headers, (b"url_path", url_path.encode()),
                    (b"explain", b"True" if explain else b"False")]
-        result = await self.directory.infer(model, request_id, content_type, headers, body)
+        if model.stateful:
+            answer = await self._stateful(model, request_id, content_type, headers, body)
+            result = answer.first if isinstance(answer, Streamed) else answer
+        else:
+            answer = result = await self.directory.infer(model, request_id, content_type,
+                                                         headers, body)
         stats.latency_us += (time.monotonic_ns() - arrival) / 1000
         if result.started_ns:
             stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
-        return result
+        return answer
+
+    async def _stateful(self, model, request_id: str, content_type: str, headers: list,
+                        body: bytes) -> Result | Streamed:
+        """A request of a sequence; its handler may answer it in parts (continuous batching)."""
+        headers, sequence = with_sequence(headers)
+        parts: asyncio.Queue = asyncio.Queue()
+        last = self.directory.infer(model, request_id, content_type, headers, body,
+                                    sequence=sequence, on_part=parts.put_nowait)
+        getter = asyncio.ensure_future(parts.get())
+        await asyncio.wait([getter, last], return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return Streamed(getter.result(), parts, last)
+        getter.cancel()
+        return last.result()
 
 
 def _header(name: str, value: str) -> tuple[bytes, bytes]:
@@ -60,12 +106,13 @@ def _header(name: str, value: str) -> tuple[bytes, bytes]:
                      f"Handler set a response header that cannot be sent: {shown}")
 
 
-def result_headers(result: Result) -> tuple[int, list]:
-    """The handler's answer as (status, headers): its content type only if it set one."""
+def result_headers(result: Result, streamed: bool = False) -> tuple[int, list]:
+    """The handler's answer as (status, headers): its content type only if it set one. A
+    streamed answer has no length: it goes in chunks."""
     if not 100 <= result.status <= 599:
         raise ServeError(500, "InternalServerException",
                          f"Handler set an invalid HTTP status: {result.status}")
-    headers = [(b"content-length", str(len(result.body)).encode())]
+    headers = [] if streamed else [(b"content-length", str(len(result.body)).encode())]
     if result.content_type is not None:
         headers.append(_header("Content-Type", result.content_type))
     for name, value in result.headers:
@@ -95,8 +142,11 @@ class FastPredictions:
             await self.fallback(scope, receive, send)
             return
         request_id = self.ids.next()
+        streamed = None
         try:
             status, headers, body = await self._predict(scope, receive, segments, request_id)
+            if isinstance(body, Streamed):
+                streamed, body = body, body.first.body
         except ClientDisconnect:  # nothing is run for a body cut short, nothing answered
             return
         except ServeError as error:
@@ -107,7 +157,13 @@ class FastPredictions:
         headers.append((b"x-request-id", request_id.encode()))
         self.metrics.count_response(status)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if streamed is None:
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        async for part in streamed.rest():
+            await send({"type": "http.response.body", "body": part.body,
+                        "more_body": part.more})
 
     async def _predict(self, scope, receive, segments: list[str], request_id: str):
         content_type = authorization = declared = None
@@ -127,7 +183,10 @@ class FastPredictions:
         name = segments[0]
         version = segments[1] if len(segments) > 1 else None
         url_path = segments[2] if len(segments) > 2 else ""
-        result = await self.predictor.predict(name, version, url_path, False, request_id,
+        answer = await self.predictor.predict(name, version, url_path, False, request_id,
                                               scope["headers"], content_type or "", body)
-        status, headers = result_headers(result)
-        return status, headers, result.body
+        if isinstance(answer, Streamed):
+            status, headers = result_headers(answer.first, streamed=True)
+            return status, headers, answer
+        status, headers = result_headers(answer)
+        return status, headers, answer.body

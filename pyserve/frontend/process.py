@@ -26,6 +26,7 @@ from pyserve.errors import ServiceUnavailable
 from pyserve.frontend.inference import inference_app
 from pyserve.frontend.listeners import Listener, make_listener
 from pyserve.frontend.tokens import InferenceKey
+from pyserve.logfiles import LogFiles
 from pyserve.logs import configure_logging
 from pyserve.metrics import ServerMetrics
 from pyserve.serving.client import ChannelClient
@@ -69,6 +70,7 @@ async def serve(args: argparse.Namespace) -> int:
     state = await read_message(reader)
 
     metrics = ServerMetrics()
+    log_files = LogFiles.open(settings, metrics)
     client = ChannelClient(_core.FrontendChannel(*args.channel), args.origin, loop)
     replica = Replica(client, metrics)
     replica.update(state["models"], state["healthy"])
@@ -94,6 +96,7 @@ async def serve(args: argparse.Namespace) -> int:
         await writer.drain()
     except ConnectionError:
         pass
+    await log_files.close()
     following.cancel()
     stopped.cancel()
     return 0

@@ -34,6 +34,13 @@ def refusal(status: int) -> ServeError:
         return ServeError(413, "RequestTooLargeException", "Request is larger than a worker can take")
     if status == _core.SUBMIT_UNKNOWN_WORKER:
         return ServiceUnavailable("The worker this request must run on is gone")
+    if status == _core.SUBMIT_TOO_MANY_SEQUENCES:
+        return ServiceUnavailable("Model has maxNumSequence sequences open: a new sequence must "
+                                  "wait until one ends or idles out (sequenceMaxIdleMSec)")
+    if status == _core.SUBMIT_SEQUENCE_CLOSED:
+        return ServiceUnavailable("This sequence has expired (sequenceMaxIdleMSec or "
+                                  "sequenceTimeoutMSec), ended, or lost its worker; start a new "
+                                  "one by sending no ts_request_sequence_id")
     return ServiceUnavailable("Model is not being served")
 
 
@@ -54,11 +61,14 @@ class Client:
         self._ids = itertools.count((origin << _core.ORIGIN_SHIFT) + 1)
 
     def submit(self, model_id: int, request_id: str, content_type: str, headers: list, body: bytes,
-               worker: int = 0, on_part: OnPart | None = None) -> tuple[int, asyncio.Future]:
+               worker: int = 0, on_part: OnPart | None = None,
+               sequence: int = 0) -> tuple[int, asyncio.Future]:
         """Queues one request: (its id, a future of its Result). `on_part` gets the parts of a
-        streamed answer that come before the last one."""
+        streamed answer that come before the last one; `sequence` is its stateful sequence's
+        key (pyserve.serving.sequences)."""
         id = next(self._ids)
-        self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body), worker)
+        self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body),
+                   worker, sequence)
         future = self.loop.create_future()
         self._pending[id] = future
         if on_part is not None:
@@ -77,7 +87,7 @@ class Client:
             if not future.done():
                 future.set_exception(error)
 
-    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> None:
         raise NotImplementedError
 
     def cancel(self, model_id: int, id: int) -> None:
@@ -121,8 +131,8 @@ class LocalClient(Client):
         self._on_events = on_events
         loop.add_reader(core.notify_fd, self.take)
 
-    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
-        status = self.core.submit(model_id, id, payload, worker)
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> None:
+        status = self.core.submit(model_id, id, payload, worker, sequence)
         if status != _core.SUBMIT_QUEUED:
             raise refusal(status)
 
@@ -154,18 +164,18 @@ class ChannelClient(Client):
     def __init__(self, channel: _core.FrontendChannel, origin: int, loop: asyncio.AbstractEventLoop):
         super().__init__(loop, origin)
         self.channel = channel
-        self._backlog: deque[tuple[int, int, bytes, int]] = deque()
+        self._backlog: deque[tuple[int, int, bytes, int, int]] = deque()
         loop.add_reader(channel.wait_fd, self._take)
 
-    def _send(self, model_id: int, id: int, payload: bytes, worker: int) -> None:
-        if self._backlog or not self._write(model_id, id, payload, worker):
-            self._backlog.append((model_id, id, payload, worker))
+    def _send(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> None:
+        if self._backlog or not self._write(model_id, id, payload, worker, sequence):
+            self._backlog.append((model_id, id, payload, worker, sequence))
 
-    def _write(self, model_id: int, id: int, payload: bytes, worker: int) -> bool:
+    def _write(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> bool:
         """False when there is no room yet; raises for a request that can never be sent."""
-        status = self.channel.submit(model_id, id, payload, worker)
+        status = self.channel.submit(model_id, id, payload, worker, sequence)
         if status == _core.NO_ROOM and self.channel.wait_for_room(len(payload)):
-            status = self.channel.submit(model_id, id, payload, worker)
+            status = self.channel.submit(model_id, id, payload, worker, sequence)
         if status == _core.NO_ROOM:
             return False
         if status != _core.WRITTEN:
@@ -179,9 +189,9 @@ class ChannelClient(Client):
     def _take(self) -> None:
         self._on_replies(self.channel.take())
         while self._backlog:
-            model_id, id, payload, worker = self._backlog[0]
+            model_id, id, payload, worker, sequence = self._backlog[0]
             try:
-                if not self._write(model_id, id, payload, worker):
+                if not self._write(model_id, id, payload, worker, sequence):
                     return
             except ServeError as error:
                 future = self._pending.pop(id, None)

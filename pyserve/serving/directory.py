@@ -14,13 +14,14 @@ from typing import Protocol
 from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServiceUnavailable
 from pyserve.frames import Result
 from pyserve.metrics import ServerMetrics
-from pyserve.serving.client import Client
+from pyserve.serving.client import Client, OnPart
 
 
 class ModelView(Protocol):
     name: str
     version: str
     core_id: int
+    stateful: bool  # its requests belong to sequences (pyserve.serving.sequences)
 
     def can_serve(self) -> bool: ...
 
@@ -33,7 +34,8 @@ class Directory(Protocol):
     def healthy(self) -> bool: ...
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes) -> asyncio.Future[Result]: ...
+              body: bytes, sequence: int = 0,
+              on_part: OnPart | None = None) -> asyncio.Future[Result]: ...
 
 
 def find_version(models: dict, defaults: dict[str, str], name: str, version: str | None):
@@ -61,14 +63,17 @@ class ModelEntry:
     version: str
     core_id: int
     serving: bool  # a worker is alive or coming back
+    stateful: bool = False
 
     def can_serve(self) -> bool:
         return self.serving
 
 
 def snapshot_models(engine) -> list[list]:
-    """The engine's models as a snapshot carries them: [name, version, core id, default, serving]."""
-    return [[model.name, model.version, model.core_id, engine.is_default(model), model.can_serve()]
+    """The engine's models as a snapshot carries them:
+    [name, version, core id, default, serving, stateful]."""
+    return [[model.name, model.version, model.core_id, engine.is_default(model), model.can_serve(),
+             model.stateful]
             for versions in engine.models.values() for model in versions.values()]
 
 
@@ -85,8 +90,9 @@ class Replica:
     def update(self, models: list[list], healthy: bool) -> None:
         by_name: dict[str, dict[str, ModelEntry]] = {}
         defaults: dict[str, str] = {}
-        for name, version, core_id, default, serving in models:
-            by_name.setdefault(name, {})[version] = ModelEntry(name, version, core_id, serving)
+        for name, version, core_id, default, serving, stateful in models:
+            by_name.setdefault(name, {})[version] = ModelEntry(name, version, core_id, serving,
+                                                               stateful)
             if default:
                 defaults[name] = version
         self._models, self._defaults, self._healthy = by_name, defaults, healthy
@@ -98,7 +104,9 @@ class Replica:
         return self._healthy
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes) -> asyncio.Future[Result]:
+              body: bytes, sequence: int = 0,
+              on_part: OnPart | None = None) -> asyncio.Future[Result]:
         if not model.can_serve():
             raise no_worker(model.name)
-        return self.client.submit(model.core_id, request_id, content_type, headers, body)[1]
+        return self.client.submit(model.core_id, request_id, content_type, headers, body,
+                                  sequence=sequence, on_part=on_part)[1]

@@ -3,8 +3,9 @@
 Each request becomes one dict. A multipart or urlencoded form gives one entry per field,
 named after it; any other body is one entry named ``"body"``. Each value is decoded by its
 content type: the parsed JSON for ``application/json`` (the raw bytes when it does not
-parse), a str for ``text/*``, bytes otherwise. Forms are parsed here, in the worker, so
-that the frontend's one core spends nothing on them.
+parse), a str for ``text/*``, bytes otherwise: a urlencoded field's value is bytes, exactly
+as TorchServe hands it over (pyserve.worker.urlencoded). Forms are parsed here, in the
+worker, so that the frontend's one core spends nothing on them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+from pyserve.worker.urlencoded import parse_form
 
 
 class BadInput(ValueError):
@@ -106,11 +108,7 @@ def parameters(content_type: str, body: bytes) -> list[tuple[str, str, bytes]]:
             raise BadInput("multipart/form-data without a boundary")
         return _multipart_fields(boundary, body)
     if media == "application/x-www-form-urlencoded":
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadInput("urlencoded form is not UTF-8") from None
-        return [(name, "", value.encode()) for name, value in parse_qsl(text, keep_blank_values=True)]
+        return [(name, "", value) for name, value in parse_form(body)]
     return [("body", media, body)]
 
 

@@ -19,7 +19,9 @@ from pyserve.allocator import tune_allocator
 from pyserve.compat import install_ts_alias
 from pyserve.errors import error_body
 from pyserve.logs import configure_logging
+from pyserve.worker import exit_codes
 from pyserve.worker.context import Context
+from pyserve.worker.continuous import ContinuousBatch
 from pyserve.worker.loader import load_entry_point
 from pyserve.worker.metrics import MetricsCache
 from pyserve.worker.pinning import apply_in_worker
@@ -53,6 +55,13 @@ def load(settings: dict) -> Service:
     entry_point.initialize(context)
     apply_in_worker((), settings.get("threads", 0))  # size torch's pool if the handler loaded it
     return Service(entry_point, context, decode_json=settings.get("decode_input_request", True))
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """TorchServe's test (ts/model_service_worker.py): a MemoryError, or a RuntimeError that
+    names CUDA (torch.cuda.OutOfMemoryError is one)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "CUDA" in str(error))
 
 
 def within_response_limit(results: list, limit: int | None) -> list:
@@ -112,30 +121,38 @@ def receive(channel: _core.WorkerChannel, metrics: MetricsCache | None = None) -
 
 
 def serve(channel: _core.WorkerChannel) -> int:
-    """Exit codes: 0 told to stop, 1 the model failed to load, 2 the first frame was no
-    load frame, 3 the server's frames could not be read (FrameError or RingError)."""
+    """The exit code: see pyserve.worker.exit_codes."""
     try:
         return _serve(channel)
     except (frames.FrameError, _core.RingError) as error:
         # Nothing more from this ring can be trusted; the server notices the exit and
         # answers or re-queues the requests this worker held.
         log.error("giving up on the rings shared with the server: %s", error)
-        return 3
+        return exit_codes.CHANNEL_BROKEN
 
 
 def _serve(channel: _core.WorkerChannel) -> int:
     frame = receive(channel)
     if frame[0] != frames.LOAD:
         log.error("expected a load frame, got kind %s", frame[0])
-        return 2
+        return exit_codes.NO_LOAD_FRAME
     settings = frame[1]
     try:
         service = load(settings)
     except BaseException as error:  # noqa: BLE001 - reported to the server, then exit
         log.error("loading model %s failed:\n%s", settings.get("model_name"), traceback.format_exc())
         channel.send(frames.encode_load_failed(f"{type(error).__name__}: {error}"))
-        return 1
+        return exit_codes.OUT_OF_MEMORY if out_of_memory(error) else exit_codes.LOAD_FAILED
     channel.send(frames.encode_loaded({"pid": os.getpid()}))
+    limit = settings.get("max_response_size")
+    continuous = None
+    if (settings.get("model_yaml_config") or {}).get("continuousBatching") is True:
+        def send_part(batch_id: int, results: list, started_ns: int, done: bool) -> None:
+            results = within_response_limit(results, limit)
+            if send(channel, batch_id, done, results, [], started_ns) != _core.WRITTEN:
+                raise _core.RingError("cannot send a streamed answer to the server")
+
+        continuous = ContinuousBatch(channel, service, send_part)
 
     while True:
         frame = receive(channel, service.context.metrics)
@@ -145,11 +162,14 @@ def _serve(channel: _core.WorkerChannel) -> int:
             updates = service.context.metrics.drain(force=True)
             if updates:
                 channel.send(frames.encode_metric_updates(updates))
-            return 0
-        if kind == frames.BATCH:
+            return exit_codes.STOPPED
+        if kind == frames.BATCH and continuous is not None:
             _, batch_id, requests = frame
-            results = within_response_limit(service.predict(requests),
-                                            settings.get("max_response_size"))
+            if continuous.run(batch_id, requests, started_ns):
+                return exit_codes.STOPPED
+        elif kind == frames.BATCH:
+            _, batch_id, requests = frame
+            results = within_response_limit(service.predict(requests), limit)
             send_results(channel, batch_id, results, service.context.metrics.drain(), started_ns)
         else:
             log.error("ignoring a frame of unknown kind %s", kind)
@@ -169,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     _core.set_parent_death_signal(signal.SIGKILL)
     tune_allocator()
     if os.getppid() != args.parent_pid:
-        return 1  # the server died before the death signal was armed
+        return exit_codes.LOAD_FAILED  # the server died before the death signal was armed
     channel = _core.WorkerChannel(*(int(fd) for fd in args.channel.split(",")))
-    return serve(channel)
+    code = serve(channel)
+    if code in (exit_codes.LOAD_FAILED, exit_codes.OUT_OF_MEMORY):
+        # At once: threads the handler started before it failed must not keep this process
+        # alive, since the server answers the registration when it has exited.
+        logging.shutdown()
+        os._exit(code)
+    return code

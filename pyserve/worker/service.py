@@ -23,6 +23,7 @@ from pyserve.worker.outputs import encode_body
 log = logging.getLogger("pyserve.worker")
 
 JSON = "application/json"
+STREAM_NEXT = "ts_stream_next"  # "true": a part of the answer; more follow
 
 
 def _error(request: dict, code: int, message: str, type: str = "InternalServerException") -> list:
@@ -108,10 +109,21 @@ class Service:
         if self._prediction_time is not None:
             self._prediction_time.add_or_update(round((time.perf_counter() - started) * 1000, 2),
                                                 self._model_dimensions)
+        if context.stopping_criteria:
+            self._stream_next(outputs, processors)
         return [
             self._result(request, processor, body)
             for request, processor, body in zip(requests, processors, bodies)
         ]
+
+    def _stream_next(self, outputs: list, processors: list) -> None:
+        """TorchServe's continuous batching: each request's stopping criterion says whether its
+        handler has more to send (False: `ts_stream_next: true`, the request runs again), is
+        done (True: `false`), or never streamed (None: no header)."""
+        for idx, output in enumerate(outputs):
+            stop = self.context.stopping_criteria[idx](output)
+            if stop is not None:
+                processors[idx].add_response_property(STREAM_NEXT, "false" if stop else "true")
 
     @staticmethod
     def _result(request: dict, processor: RequestProcessor, body: bytes) -> list[Any]:
@@ -128,4 +140,6 @@ class Service:
             else:
                 extra.append([str(key), str(value)])
         phrase = str(processor.get_response_status_phrase() or "")
+        if processor.get_response_header(STREAM_NEXT) == "true":
+            return [request["id"], status, phrase, content_type, extra, body, True]
         return [request["id"], status, phrase, content_type, extra, body]
