@@ -90,7 +90,7 @@ def test_a_sequence_holds_at_most_max_sequence_job_queue_size_waiting_requests(c
     stateful(core, max_queue=2)
     loaded_worker(core)
     statuses = [send(core, id, sequence=7) for id in (1, 2, 3, 4)]
-    assert statuses == [_core.SUBMIT_QUEUED] * 3 + [_core.SUBMIT_QUEUE_FULL]
+    assert statuses == [_core.SUBMIT_QUEUED] * 3 + [_core.SUBMIT_SEQUENCE_FULL]
 
 
 def test_an_idle_sequence_is_closed_and_its_id_refused(core):

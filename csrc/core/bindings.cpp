@@ -166,6 +166,7 @@ void bind_constants(py::module_& m) {
     m.attr("SUBMIT_UNKNOWN_WORKER") = static_cast<int>(SubmitStatus::kUnknownWorker);
     m.attr("SUBMIT_TOO_MANY_SEQUENCES") = static_cast<int>(SubmitStatus::kTooManySequences);
     m.attr("SUBMIT_SEQUENCE_CLOSED") = static_cast<int>(SubmitStatus::kSequenceClosed);
+    m.attr("SUBMIT_SEQUENCE_FULL") = static_cast<int>(SubmitStatus::kSequenceFull);
     m.attr("WRITTEN") = static_cast<int>(WriteStatus::kWritten);
     m.attr("NO_ROOM") = static_cast<int>(WriteStatus::kNoRoom);
     m.attr("NO_MEMORY") = static_cast<int>(WriteStatus::kNoMemory);

@@ -39,7 +39,7 @@ SubmitStatus ModelBatcher::push(Request&& request) {
                 ++queued_;
                 return SubmitStatus::kQueued;
             case Sequences::Admitted::kQueueFull:
-                return SubmitStatus::kQueueFull;
+                return SubmitStatus::kSequenceFull;
             case Sequences::Admitted::kTooMany:
                 return SubmitStatus::kTooManySequences;
             case Sequences::Admitted::kClosed:

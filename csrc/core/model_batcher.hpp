@@ -47,6 +47,7 @@ enum class SubmitStatus : int {
     kUnknownWorker = 4,     // pinned to a worker the model does not have (any more)
     kTooManySequences = 5,  // a new sequence past maxNumSequence
     kSequenceClosed = 6,    // its sequence expired, ended, or lost its worker
+    kSequenceFull = 7,      // its sequence already holds maxSequenceJobQueueSize waiting
 };
 
 struct Batch {

@@ -37,6 +37,10 @@ def refusal(status: int) -> ServeError:
     if status == _core.SUBMIT_TOO_MANY_SEQUENCES:
         return ServiceUnavailable("Model has maxNumSequence sequences open: a new sequence must "
                                   "wait until one ends or idles out (sequenceMaxIdleMSec)")
+    if status == _core.SUBMIT_SEQUENCE_FULL:
+        return ServiceUnavailable("This sequence already has maxSequenceJobQueueSize requests "
+                                  "waiting behind the one it runs; send the next once one is "
+                                  "answered")
     if status == _core.SUBMIT_SEQUENCE_CLOSED:
         return ServiceUnavailable("This sequence has expired (sequenceMaxIdleMSec or "
                                   "sequenceTimeoutMSec), ended, or lost its worker; start a new "
