@@ -9,6 +9,8 @@ sent its last part. Each call's answers go back at once: a part with `more`, the
 
 from __future__ import annotations
 
+import time
+
 from pyserve import _core, frames
 from pyserve.worker.service import Service
 
@@ -17,14 +19,16 @@ class ContinuousBatch:
     def __init__(self, channel: _core.WorkerChannel, service: Service, send_results):
         self.channel = channel
         self.service = service
-        self.send_results = send_results  # (channel, batch id, results, metrics, started_ns, done)
+        self.send_results = send_results  # (batch id, results, started_ns, done=)
         self.active: list[tuple[int, dict]] = []  # (batch id, request), in arrival order
+        self.started: dict[int, int] = {}  # batch id -> when it began here (monotonic ns)
         self.stop_seen = False
 
     def run(self, batch_id: int, requests: list[dict], started_ns: int) -> bool:
         """Serves the batch and every one that arrives until nothing streams; True if the server
         asked the worker to stop meanwhile (it stops once the streams are done)."""
         self.active.extend((batch_id, request) for request in requests)
+        self.started[batch_id] = started_ns
         while self.active:
             results = self.service.predict([request for _, request in self.active])
             by_batch: dict[int, list] = {}
@@ -35,7 +39,9 @@ class ContinuousBatch:
                     still.append((owner, request))
             streaming = {owner for owner, _ in still}
             for owner, answers in by_batch.items():
-                self.send_results(owner, answers, started_ns, done=owner not in streaming)
+                done = owner not in streaming
+                started = self.started.pop(owner) if done else self.started[owner]
+                self.send_results(owner, answers, started, done=done)
             self.active = still
             self._take_arrivals()
         return self.stop_seen
@@ -52,3 +58,4 @@ class ContinuousBatch:
             elif frame[0] == frames.BATCH:
                 _, batch_id, requests = frame
                 self.active.extend((batch_id, request) for request in requests)
+                self.started[batch_id] = time.monotonic_ns()
