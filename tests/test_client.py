@@ -66,19 +66,19 @@ def test_a_refusal_is_raised_as_torchserve_error(core):
     run(main())
 
 
-def test_parts_of_a_streamed_answer_reach_on_part_before_the_result(core):
+def test_a_streamed_answer_resolves_to_its_first_part_then_gives_the_rest_in_order(core):
     worker = loaded_worker(core)
 
     async def main():
-        parts = []
         client = LocalClient(core, asyncio.get_running_loop(), lambda events: None)
-        _, future = client.submit(1, "r1", "", [], b"x", on_part=lambda part: parts.append(part.body))
+        _, future = client.submit(1, "r1", "", [], b"x")
         await asyncio.to_thread(answer_next, worker, parts=2)
-        result = await future
+        stream = await future
+        rest = [part.body async for part in stream.rest()]
         client.close()
-        return parts, result.body
+        return stream.first.body, rest
 
-    assert run(main()) == ([b"part 0", b"part 1"], b"ok")
+    assert run(main()) == (b"part 0", [b"part 1", b"ok"])
 
 
 def test_a_cancelled_request_never_runs_and_its_future_is_forgotten(core):

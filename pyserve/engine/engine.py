@@ -32,8 +32,9 @@ from pyserve.errors import (ModelNotFound, ModelVersionNotFound, RetryLater, Ser
                             ServiceUnavailable, error_body)
 from pyserve.frames import Result
 from pyserve.metrics import ModelStats, ServerMetrics, WorkerSummary
-from pyserve.serving.client import LocalClient, OnPart
+from pyserve.serving.client import LocalClient
 from pyserve.serving.directory import find_version, no_worker
+from pyserve.serving.streamed import Streamed
 
 log = logging.getLogger("pyserve.engine")
 
@@ -278,11 +279,11 @@ class Engine:
     # -- requests ---------------------------------------------------------------------
 
     def infer(self, model: ModelVersion, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0, on_part: OnPart | None = None) -> asyncio.Future[Result]:
+              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]:
         if not model.can_serve():
             raise no_worker(model.name)
         return self.client.submit(model.core_id, request_id, content_type, headers, body,
-                                  sequence=sequence, on_part=on_part)[1]
+                                  sequence=sequence)[1]
 
     # -- shutdown ---------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ from starlette.routing import Route
 from pyserve.config import Settings
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.openapi import inference_api
-from pyserve.frontend.predictions import FastPredictions, Predictor, Streamed, result_headers
+from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
 from pyserve.frontend.tokens import KeyCheck
 from pyserve.serving.directory import Directory
+from pyserve.serving.streamed import Streamed
 
 PREDICTION_METHODS = ["GET", "POST", "PUT"]
 

@@ -9,10 +9,8 @@ does (metrics, headers added for the handler, the answer) is written once.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect
 
@@ -22,6 +20,7 @@ from pyserve.frontend.http import NO_CACHE_HEADERS, BodyTooLarge, RequestIds, re
 from pyserve.frontend.tokens import AUTHORIZATION_FAILED, KeyCheck
 from pyserve.serving.directory import Directory
 from pyserve.serving.sequences import with_sequence
+from pyserve.serving.streamed import Streamed
 
 JSON = b"application/json"
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
@@ -29,29 +28,6 @@ BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")  # uvico
 SHOWN_NAME_CHARACTERS = 64
 METHODS = ("POST", "PUT", "GET")
 PREFIX = "/predictions/"
-
-
-@dataclass
-class Streamed:
-    """An answer that came in parts: the first, the ones after it as they come, the last."""
-
-    first: Result
-    parts: asyncio.Queue
-    last: asyncio.Future
-
-    async def rest(self):
-        """The parts after the first, then the last, in the order they came."""
-        while True:
-            getter = asyncio.ensure_future(self.parts.get())
-            await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-                continue
-            getter.cancel()
-            while not self.parts.empty():
-                yield self.parts.get_nowait()
-            yield self.last.result()
-            return
 
 
 class Predictor:
@@ -70,30 +46,16 @@ class Predictor:
         stats.requests += 1  # TorchServe counts a request once accepted, even if it then fails
         headers = [*headers, (b"url_path", url_path.encode()),
                    (b"explain", b"True" if explain else b"False")]
+        sequence = 0
         if model.stateful:
-            answer = await self._stateful(model, request_id, content_type, headers, body)
-            result = answer.first if isinstance(answer, Streamed) else answer
-        else:
-            answer = result = await self.directory.infer(model, request_id, content_type,
-                                                         headers, body)
+            headers, sequence = with_sequence(headers)
+        answer = await self.directory.infer(model, request_id, content_type, headers, body,
+                                            sequence)
+        result = answer.first if isinstance(answer, Streamed) else answer
         stats.latency_us += (time.monotonic_ns() - arrival) / 1000
         if result.started_ns:
             stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
         return answer
-
-    async def _stateful(self, model, request_id: str, content_type: str, headers: list,
-                        body: bytes) -> Result | Streamed:
-        """A request of a sequence; its handler may answer it in parts (continuous batching)."""
-        headers, sequence = with_sequence(headers)
-        parts: asyncio.Queue = asyncio.Queue()
-        last = self.directory.infer(model, request_id, content_type, headers, body,
-                                    sequence=sequence, on_part=parts.put_nowait)
-        getter = asyncio.ensure_future(parts.get())
-        await asyncio.wait([getter, last], return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            return Streamed(getter.result(), parts, last)
-        getter.cancel()
-        return last.result()
 
 
 def _header(name: str, value: str) -> tuple[bytes, bytes]:

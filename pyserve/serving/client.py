@@ -18,12 +18,12 @@ from typing import Callable
 from pyserve import _core, frames
 from pyserve.errors import QueueFull, ServeError, ServiceUnavailable
 from pyserve.frames import Result
+from pyserve.serving.streamed import Streamed
 
 log = logging.getLogger("pyserve.serving")
 
 # (worker id, kind, frame): LOADED, LOAD_FAILED, BROKEN or METRICS, for the server process only.
 Events = Callable[[list], None]
-OnPart = Callable[[Result], None]
 
 
 def refusal(status: int) -> ServeError:
@@ -61,32 +61,29 @@ class Client:
     def __init__(self, loop: asyncio.AbstractEventLoop, origin: int = 0):
         self.loop = loop
         self._pending: dict[int, asyncio.Future] = {}
-        self._parts: dict[int, OnPart] = {}
+        self._streams: dict[int, Streamed] = {}
         self._ids = itertools.count((origin << _core.ORIGIN_SHIFT) + 1)
 
     def submit(self, model_id: int, request_id: str, content_type: str, headers: list, body: bytes,
-               worker: int = 0, on_part: OnPart | None = None,
-               sequence: int = 0) -> tuple[int, asyncio.Future]:
-        """Queues one request: (its id, a future of its Result). `on_part` gets the parts of a
-        streamed answer that come before the last one; `sequence` is its stateful sequence's
-        key (pyserve.serving.sequences)."""
+               worker: int = 0, sequence: int = 0) -> tuple[int, asyncio.Future]:
+        """Queues one request: (its id, a future of its Result, or of a Streamed when the
+        answer comes in parts). `sequence` is its stateful sequence's key
+        (pyserve.serving.sequences)."""
         id = next(self._ids)
         self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body),
                    worker, sequence)
         future = self.loop.create_future()
         self._pending[id] = future
-        if on_part is not None:
-            self._parts[id] = on_part
         return id, future
 
     def forget(self, id: int) -> None:
         """Nobody waits for this request any more: its answer, if any, is dropped."""
         self._pending.pop(id, None)
-        self._parts.pop(id, None)
+        self._streams.pop(id, None)
 
     def fail_all(self, error: ServeError) -> None:
         pending, self._pending = self._pending, {}
-        self._parts.clear()
+        self._streams.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -107,20 +104,33 @@ class Client:
                     self._resolve(Result(*result, started_ns=first))
             elif kind == frames.REFUSED:
                 future = self._pending.pop(first, None)
-                self._parts.pop(first, None)
+                self._streams.pop(first, None)
                 if future is not None and not future.done():
                     future.set_exception(refusal(second))
 
     def _resolve(self, result: Result) -> None:
         if result.more:
-            on_part = self._parts.get(result.id)
-            if on_part is not None:
-                on_part(result)
+            self._part(result)
             return
         future = self._pending.pop(result.id, None)
-        self._parts.pop(result.id, None)
+        self._streams.pop(result.id, None)
         if future is not None and not future.done():
             future.set_result(result)
+
+    def _part(self, result: Result) -> None:
+        """The first part resolves the request's future to a Streamed, whose own `last`
+        future takes the request's place; later parts go to its queue."""
+        stream = self._streams.get(result.id)
+        if stream is not None:
+            stream.parts.put_nowait(result)
+            return
+        future = self._pending.get(result.id)
+        if future is None or future.done():
+            return
+        stream = Streamed(result, asyncio.Queue(), self.loop.create_future())
+        self._streams[result.id] = stream
+        self._pending[result.id] = stream.last
+        future.set_result(stream)
 
 
 class LocalClient(Client):

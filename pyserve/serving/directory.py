@@ -14,7 +14,8 @@ from typing import Protocol
 from pyserve.errors import ModelNotFound, ModelVersionNotFound, ServiceUnavailable
 from pyserve.frames import Result
 from pyserve.metrics import ServerMetrics
-from pyserve.serving.client import Client, OnPart
+from pyserve.serving.client import Client
+from pyserve.serving.streamed import Streamed
 
 
 class ModelView(Protocol):
@@ -34,8 +35,7 @@ class Directory(Protocol):
     def healthy(self) -> bool: ...
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0,
-              on_part: OnPart | None = None) -> asyncio.Future[Result]: ...
+              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]: ...
 
 
 def find_version(models: dict, defaults: dict[str, str], name: str, version: str | None):
@@ -104,9 +104,8 @@ class Replica:
         return self._healthy
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0,
-              on_part: OnPart | None = None) -> asyncio.Future[Result]:
+              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]:
         if not model.can_serve():
             raise no_worker(model.name)
         return self.client.submit(model.core_id, request_id, content_type, headers, body,
-                                  sequence=sequence, on_part=on_part)[1]
+                                  sequence=sequence)[1]

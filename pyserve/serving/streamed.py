@@ -1,0 +1,35 @@
+"""An answer that comes in parts: a handler's stream (continuous batching, and later
+send_intermediate_predict_response), sent on as it is produced.
+
+A request's future resolves to its Result when the first reply is its only one. When the
+first reply is a part, the future resolves to a `Streamed` at once, and the parts after it
+and the last reply arrive through it: a request that does not stream costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pyserve.frames import Result
+
+
+@dataclass
+class Streamed:
+    first: Result
+    parts: asyncio.Queue  # the parts after the first, as they come
+    last: asyncio.Future  # the final reply
+
+    async def rest(self):
+        """The parts after the first, then the last, in the order they came."""
+        while True:
+            getter = asyncio.ensure_future(self.parts.get())
+            await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not self.parts.empty():
+                yield self.parts.get_nowait()
+            yield self.last.result()
+            return
