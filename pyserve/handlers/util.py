@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import itertools
 import json
@@ -74,3 +75,22 @@ def map_class_to_label(probs: list, mapping: dict | None = None, lbl_classes=Non
 def get_yaml_config(yaml_file_path: str) -> dict:
     with open(yaml_file_path) as file:
         return yaml.safe_load(file) or {}
+
+
+def import_class(class_name: str, module_prefix: str | None = None) -> type:
+    """TorchServe's ts.handler_utils.utils.import_class: "module.Class" (or "Class" under
+    `module_prefix`) -> the class; ImportError naming what is missing."""
+    if not class_name:
+        raise ImportError("class name is not defined")
+    module_name, _, name = class_name.rpartition(".")
+    if module_prefix:
+        module = importlib.import_module(f"{module_prefix}.{module_name}" if module_name
+                                         else module_prefix)
+    elif module_name:
+        module = importlib.import_module(module_name)
+    else:
+        raise ImportError("module name is not defined.")
+    found = getattr(module, name, None)
+    if found is None:
+        raise ImportError(f"class:{name} not found in module:{module_name}.")
+    return found

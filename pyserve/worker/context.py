@@ -80,6 +80,8 @@ class Context:
         self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
         self.stopping_criteria = None
         self.cl_socket = None
+        # While a batch is handled: sends parts of its answers (pyserve.worker.intermediate).
+        self.part_sender = None
         self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
         self.header_key_sequence_start = os.getenv(
             "TS_REQUEST_SEQUENCE_START", "ts_request_sequence_start"

@@ -30,7 +30,8 @@ class ContinuousBatch:
         self.active.extend((batch_id, request) for request in requests)
         self.started[batch_id] = started_ns
         while self.active:
-            results = self.service.predict([request for _, request in self.active])
+            results = self.service.predict([request for _, request in self.active],
+                                           self._send_parts)
             by_batch: dict[int, list] = {}
             still: list[tuple[int, dict]] = []
             for (owner, request), result in zip(self.active, results):
@@ -45,6 +46,15 @@ class ContinuousBatch:
             self.active = still
             self._take_arrivals()
         return self.stop_seen
+
+    def _send_parts(self, parts: list) -> None:
+        """Parts the handler sent with send_intermediate_predict_response, each to its batch."""
+        owners = {request["id"]: owner for owner, request in self.active}
+        by_batch: dict[int, list] = {}
+        for part in parts:
+            by_batch.setdefault(owners[part[0]], []).append(part)
+        for owner, batch_parts in by_batch.items():
+            self.send_results(owner, batch_parts, self.started[owner], done=False)
 
     def _take_arrivals(self) -> None:
         """The batches the server sent meanwhile join the next call; nothing is waited for."""

@@ -7,6 +7,7 @@ working directory and on ``sys.path``, so that a handler imports its own extra f
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -145,14 +146,15 @@ def _serve(channel: _core.WorkerChannel) -> int:
         return exit_codes.OUT_OF_MEMORY if out_of_memory(error) else exit_codes.LOAD_FAILED
     channel.send(frames.encode_loaded({"pid": os.getpid()}))
     limit = settings.get("max_response_size")
+
+    def send_parts(batch_id: int, results: list, started_ns: int, done: bool = False) -> None:
+        results = within_response_limit(results, limit)
+        if send(channel, batch_id, done, results, [], started_ns) != _core.WRITTEN:
+            raise _core.RingError("cannot send a streamed answer to the server")
+
     continuous = None
     if (settings.get("model_yaml_config") or {}).get("continuousBatching") is True:
-        def send_part(batch_id: int, results: list, started_ns: int, done: bool) -> None:
-            results = within_response_limit(results, limit)
-            if send(channel, batch_id, done, results, [], started_ns) != _core.WRITTEN:
-                raise _core.RingError("cannot send a streamed answer to the server")
-
-        continuous = ContinuousBatch(channel, service, send_part)
+        continuous = ContinuousBatch(channel, service, send_parts)
 
     while True:
         frame = receive(channel, service.context.metrics)
@@ -169,7 +171,8 @@ def _serve(channel: _core.WorkerChannel) -> int:
                 return exit_codes.STOPPED
         elif kind == frames.BATCH:
             _, batch_id, requests = frame
-            results = within_response_limit(service.predict(requests), limit)
+            parts = functools.partial(send_parts, batch_id, started_ns=started_ns)
+            results = within_response_limit(service.predict(requests, parts), limit)
             send_results(channel, batch_id, results, service.context.metrics.drain(), started_ns)
         else:
             log.error("ignoring a frame of unknown kind %s", kind)

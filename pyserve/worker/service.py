@@ -8,9 +8,10 @@ repeats is logged in full once, then counted (pyserve.logs.RepeatedErrors).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pyserve.errors import error_body
 from pyserve.logs import RepeatedErrors
@@ -24,6 +25,7 @@ log = logging.getLogger("pyserve.worker")
 
 JSON = "application/json"
 STREAM_NEXT = "ts_stream_next"  # "true": a part of the answer; more follow
+SendParts = Callable[[list], None]  # results with `more`, to send before the batch's answers
 
 
 def _error(request: dict, code: int, message: str, type: str = "InternalServerException") -> list:
@@ -54,7 +56,9 @@ class Service:
                 "PredictionTime", "ms", ["ModelName", "Level"], MetricTypes.GAUGE)
             self._model_dimensions = [context.model_name, "Model"]
 
-    def predict(self, requests: list[dict]) -> list[list]:
+    def predict(self, requests: list[dict], send_parts: SendParts | None = None) -> list[list]:
+        """One result per request. `send_parts` sends the parts a handler streams with
+        send_intermediate_predict_response (pyserve.worker.intermediate) before it returns."""
         answers: dict[int, list] = {}
         accepted: list[dict] = []
         data: list[dict] = []
@@ -75,16 +79,21 @@ class Service:
             data.append(row)
             processors.append(RequestProcessor(headers))
         if accepted:
-            for request, result in zip(accepted, self._run(accepted, data, processors)):
+            for request, result in zip(accepted, self._run(accepted, data, processors, send_parts)):
                 answers[request["id"]] = result
         return [answers[request["id"]] for request in requests]
 
-    def _run(self, requests: list[dict], data: list[dict], processors: list) -> list[list]:
+    def _run(self, requests: list[dict], data: list[dict], processors: list,
+             send_parts: SendParts | None) -> list[list]:
         context = self.context
         context.request_ids = {idx: request["request_id"] for idx, request in enumerate(requests)}
         context.request_processor = processors
         if context.metrics is not None:
             context.metrics.request_ids = context.request_ids
+        context.part_sender = None
+        if send_parts is not None:
+            context.part_sender = functools.partial(self._send_parts, requests, processors,
+                                                    send_parts)
 
         started = time.perf_counter()
         try:
@@ -93,6 +102,8 @@ class Service:
             self._errors.error("handler failed on a batch of %d", len(requests), exc_info=True)
             code, message = _failure(error)
             return [_error(request, code, message) for request in requests]
+        finally:
+            context.part_sender = None
 
         if not isinstance(outputs, list):
             self._errors.warning("handler returned %s, not a list", type(outputs).__name__)
@@ -109,21 +120,36 @@ class Service:
         if self._prediction_time is not None:
             self._prediction_time.add_or_update(round((time.perf_counter() - started) * 1000, 2),
                                                 self._model_dimensions)
-        if context.stopping_criteria:
-            self._stream_next(outputs, processors)
+        self._stream_next(outputs, processors)
         return [
             self._result(request, processor, body)
             for request, processor, body in zip(requests, processors, bodies)
         ]
 
     def _stream_next(self, outputs: list, processors: list) -> None:
-        """TorchServe's continuous batching: each request's stopping criterion says whether its
-        handler has more to send (False: `ts_stream_next: true`, the request runs again), is
-        done (True: `false`), or never streamed (None: no header)."""
+        """Whether each answer is a part (`ts_stream_next: true`) or the last, as TorchServe's
+        create_predict_response decides: under continuous batching the request's stopping
+        criterion says whether its handler has more to send (False: the request runs again),
+        is done (True) or never streamed (None); otherwise the return value is the last part
+        of whatever send_intermediate_predict_response sent."""
+        criteria = self.context.stopping_criteria
         for idx, output in enumerate(outputs):
-            stop = self.context.stopping_criteria[idx](output)
-            if stop is not None:
-                processors[idx].add_response_property(STREAM_NEXT, "false" if stop else "true")
+            if criteria:
+                stop = criteria[idx](output)
+                if stop is not None:
+                    processors[idx].add_response_property(STREAM_NEXT, "false" if stop else "true")
+            elif processors[idx].get_response_header(STREAM_NEXT) == "true":
+                processors[idx].add_response_property(STREAM_NEXT, "false")
+
+    def _send_parts(self, requests: list[dict], processors: list, send_parts: SendParts,
+                    outputs: list | None, req_id_map: dict) -> None:
+        """A part of each answer `req_id_map` names (index -> request id), sent at once."""
+        parts = []
+        for idx in req_id_map:
+            processors[idx].add_response_property(STREAM_NEXT, "true")
+            body = b"error" if outputs is None else encode_body(outputs[idx])
+            parts.append(self._result(requests[idx], processors[idx], body))
+        send_parts(parts)
 
     @staticmethod
     def _result(request: dict, processor: RequestProcessor, body: bytes) -> list[Any]:
