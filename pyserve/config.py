@@ -42,6 +42,7 @@ class Settings:
     install_py_dep_per_model: bool = False
     limit_max_image_pixels: bool = True
     decode_input_request: bool = True
+    service_envelope: str | None = None  # kserve or kservev2 (pyserve/worker/envelopes)
     initial_worker_port: int = 9000
     unregister_model_timeout: int = 120
     graceful_shutdown_timeout: int = 30

@@ -50,15 +50,20 @@ def test_predictions_say_explain_false(client):
     assert client.post("/predictions/probe", content=b"x").json()["explain"] == "False"
 
 
+# a request both KServe v1 and v2 take (pyserve.frontend.kserve checks them)
+KSERVE_REQUEST = {"instances": [1], "inputs": [{"name": "x", "shape": [1], "datatype": "INT32",
+                                                "data": [1]}]}
+
+
 @pytest.mark.parametrize("path", ["/explanations/probe", "/explanations/probe/1.0",
                                   "/v1/models/probe:explain", "/v2/models/probe/explain"])
 def test_explanations_say_explain_true(client, path):
-    assert client.post(path, content=b"x").json()["explain"] == "True"
+    assert client.post(path, json=KSERVE_REQUEST).json()["explain"] == "True"
 
 
 @pytest.mark.parametrize("path", ["/v1/models/echo:predict", "/v2/models/echo/infer"])
-def test_kserve_style_paths_predict(client, path):
-    assert client.post(path, content=b"k").content == b"k"
+def test_kserve_paths_hand_a_handler_without_an_envelope_the_request_document(client, path):
+    assert client.post(path, json=KSERVE_REQUEST).json() == KSERVE_REQUEST
 
 
 def test_every_response_has_torchserves_headers(client):

@@ -202,6 +202,7 @@ class WorkerPool:
                 "threads": placement.threads,
                 "limit_max_image_pixels": self.settings.limit_max_image_pixels,
                 "decode_input_request": self.settings.decode_input_request,
+                "service_envelope": self.settings.service_envelope,
                 "max_response_size": self.settings.max_response_size,
                 "model_yaml_config": model.yaml_config,
             }

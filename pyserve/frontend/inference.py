@@ -2,9 +2,9 @@
 
 `/predictions/{model}[/{version}[/extra/segments]]` runs the model; extra segments reach
 the handler as the request header `url_path`, and `/explanations/...` sets `explain` to
-"True", as TorchServe does. KServe-style v1/v2 paths map to the same thing. Predictions
-are served by pyserve.frontend.predictions before Starlette sees them; the Starlette
-routes below answer the same way for every other method and path.
+"True", as TorchServe does; KServe v1 and v2 have routes of their own (pyserve.frontend.kserve).
+Predictions are served by pyserve.frontend.predictions before Starlette sees them; the
+Starlette routes below answer the same way for every other method and path.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from pyserve.config import Settings
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
+from pyserve.frontend.kserve import kserve_routes
 from pyserve.frontend.openapi import inference_api
 from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
 from pyserve.frontend.tokens import KeyCheck
@@ -70,10 +71,7 @@ def inference_app(directory: Directory, settings: Settings, version: str, tokens
               methods=PREDICTION_METHODS),
         Route("/explanations/{model_name}", explain, methods=["POST"]),
         Route("/explanations/{model_name}/{model_version}", explain, methods=["POST"]),
-        Route("/v1/models/{model_name}:predict", predict, methods=["POST"]),
-        Route("/v1/models/{model_name}:explain", explain, methods=["POST"]),
-        Route("/v2/models/{model_name}/infer", predict, methods=["POST"]),
-        Route("/v2/models/{model_name}/explain", explain, methods=["POST"]),
+        *kserve_routes(predictor, directory, settings, version),
     ]
     starlette = listener_app(routes, lambda: inference_api(version), directory.metrics, tokens, "inference")
     return FastPredictions(predictor, starlette, limit, tokens)

@@ -251,18 +251,14 @@ def inference_api(version: str) -> dict:
         "/explanations/{model_name}/{model_version}": _inference_operations(
             "versionExplanations", "Explanation on one version of the model.", ["post"],
             [MODEL_NAME, MODEL_VERSION]),
-        "/v1/models/{model_name}:predict": _inference_operations(
-            "kserveV1Predict", "KServe v1 prediction on the default version.", ["post"], [MODEL_NAME]),
-        "/v1/models/{model_name}:explain": _inference_operations(
-            "kserveV1Explain", "KServe v1 explanation on the default version.", ["post"], [MODEL_NAME]),
-        "/v2/models/{model_name}/infer": _inference_operations(
-            "kserveV2Infer", "KServe v2 inference on the default version.", ["post"], [MODEL_NAME]),
-        "/v2/models/{model_name}/explain": _inference_operations(
-            "kserveV2Explain", "KServe v2 explanation on the default version.", ["post"], [MODEL_NAME]),
     }
+    # Imported here: pyserve.frontend.kserve.openapi builds on this module's helpers.
+    from pyserve.frontend.kserve.openapi import kserve_paths, kserve_schemas
+
     return document("pyserve inference API", version,
-                    "Predictions, explanations and health (TorchServe's inference API).",
-                    paths, {}, auth=True)
+                    "Predictions, explanations and health (TorchServe's inference API), and "
+                    "KServe v1 and v2 (the Open Inference Protocol).",
+                    {**paths, **kserve_paths()}, kserve_schemas(), auth=True)
 
 
 # --- management ----------------------------------------------------------------------------

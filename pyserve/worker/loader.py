@@ -2,7 +2,8 @@
 
 ``--handler`` may name a file or module with a module-level ``handle(data, context)``,
 ``module:function``, a module that defines exactly one class with ``handle``, or one of
-the built-in handler names (resolved to pyserve.handlers).
+the built-in handler names (resolved to pyserve.handlers). With ``service_envelope`` set, the
+handler's ``handle`` is wrapped in that envelope (pyserve.worker.envelopes), as TorchServe does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 from pyserve.handlers.util import list_classes_from_module
 from pyserve.worker.context import Context
+from pyserve.worker.envelopes import envelope_class
 
 BUILTIN_PACKAGE = "pyserve.handlers"
 
@@ -44,7 +46,14 @@ def _import(module_name: str, handler: str):
         ) from None
 
 
-def load_entry_point(handler: str) -> EntryPoint:
+def load_entry_point(handler: str, envelope: str | None = None) -> EntryPoint:
+    entry_point = _find_entry_point(handler)
+    if envelope:
+        entry_point.handle = envelope_class(envelope)(entry_point.handle).handle
+    return entry_point
+
+
+def _find_entry_point(handler: str) -> EntryPoint:
     module_part, _, function_name = handler.partition(":")
     module_name = module_part.rsplit("/", 1)[-1]
     if module_name.endswith(".py"):

@@ -52,7 +52,7 @@ def load(settings: dict) -> Service:
         metrics=MetricsCache(settings["model_name"]),
         model_yaml_config=settings.get("model_yaml_config") or {},
     )
-    entry_point = load_entry_point(settings["handler"])
+    entry_point = load_entry_point(settings["handler"], settings.get("service_envelope"))
     entry_point.initialize(context)
     apply_in_worker((), settings.get("threads", 0))  # size torch's pool if the handler loaded it
     return Service(entry_point, context, decode_json=settings.get("decode_input_request", True))

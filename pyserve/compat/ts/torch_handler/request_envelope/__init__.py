@@ -1,0 +1,1 @@
+"""TorchServe's request envelopes (pyserve.worker.envelopes), under their ts names."""

@@ -1,0 +1,3 @@
+from pyserve.worker.envelopes.base import BaseEnvelope
+
+__all__ = ["BaseEnvelope"]

@@ -1,0 +1,3 @@
+from pyserve.worker.envelopes.kserve import KServeEnvelope
+
+__all__ = ["KServeEnvelope"]

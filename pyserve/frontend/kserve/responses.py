@@ -1,0 +1,62 @@
+"""How the KServe routes answer: JSON bodies, `{"error": "..."}` for every failure (the
+protocol's error object, which clients such as tritonclient read), and otherwise the
+handler's answer as it wrote it."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response, StreamingResponse
+
+from pyserve.errors import ServeError
+from pyserve.frames import Result
+from pyserve.frontend.predictions import result_headers
+from pyserve.serving.streamed import Streamed
+
+JSON = "application/json"
+
+
+def json_response(content: dict, status_code: int = 200) -> Response:
+    return Response(json.dumps(content, separators=(",", ":")).encode(), status_code,
+                    media_type=JSON)
+
+
+def error_response(code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps({"error": message}).encode(), code, headers=headers,
+                    media_type=JSON)
+
+
+def serve_error(error: ServeError) -> Response:
+    """A pyserve error (unknown model, no worker, full queue, ...) with its status and headers."""
+    return error_response(error.code, error.message, error.headers)
+
+
+def failed_answer(result: Result) -> Response:
+    """A worker's error (TorchServe's {"code", "type", "message"}, or whatever the handler
+    wrote) as the protocol's error object, its status kept."""
+    message = result.body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(result.body)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("message"), str):
+        message = document["message"]
+    return error_response(result.status, message)
+
+
+async def _chunks(answer: Streamed):
+    yield answer.first.body
+    async for part in answer.rest():
+        yield part.body
+
+
+def handler_response(answer: Result | Streamed) -> Response:
+    """The handler's answer as it wrote it: status, headers, body (streamed if it streamed)."""
+    if isinstance(answer, Streamed):
+        status, headers = result_headers(answer.first, streamed=True)
+        response: Response = StreamingResponse(_chunks(answer), status_code=status)
+    else:
+        status, headers = result_headers(answer)
+        response = Response(answer.body, status_code=status)
+    response.raw_headers = headers
+    return response
