@@ -24,6 +24,11 @@ class Settings:
     inference_address: str = "http://127.0.0.1:8080"
     management_address: str = "http://127.0.0.1:8081"
     metrics_address: str = "http://127.0.0.1:8082"
+    grpc_inference_address: str = "127.0.0.1"  # gRPC (pyserve/grpc): a host; the port apart
+    grpc_inference_port: int = 7070
+    grpc_management_address: str = "127.0.0.1"
+    grpc_management_port: int = 7071
+    enable_grpc_ssl: bool = False  # both gRPC listeners over TLS: private_key_file, certificate_file
     model_store: str | None = None
     load_models: list[str] = field(default_factory=list)
     default_workers_per_model: int = 0

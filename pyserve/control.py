@@ -118,12 +118,13 @@ def free_ports(count: int) -> list[int]:
 
 
 def write_loopback_config(path: Path, **values: object) -> None:
-    """A config.properties with the three listeners on loopback port 0 (the kernel picks free
-    ones as the server binds them: see listening_ports) and token authorization off, unless
-    `values` say otherwise. For servers started by tools and tests, not by users."""
+    """A config.properties with the five listeners (three HTTP, two gRPC) on loopback port 0
+    (the kernel picks free ones as the server binds them: see listening_ports) and token
+    authorization off, unless `values` say otherwise. For servers started by tools and tests,
+    not by users."""
     values = {"inference_address": "http://127.0.0.1:0", "management_address": "http://127.0.0.1:0",
-              "metrics_address": "http://127.0.0.1:0", "disable_token_authorization": "true",
-              **values}
+              "metrics_address": "http://127.0.0.1:0", "grpc_inference_port": 0,
+              "grpc_management_port": 0, "disable_token_authorization": "true", **values}
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
 
 

@@ -1,7 +1,8 @@
 """Runs pyserve in the foreground: engine, startup models, listeners, and an orderly stop.
 
 The inference listener is served by this process, or with `frontend_processes` above 1 by
-that many frontend processes (pyserve.supervisor); management and metrics always here.
+that many frontend processes (pyserve.supervisor); management and metrics always here. The
+gRPC inference listener has a process of its own, the gRPC management listener is here.
 SIGTERM or SIGINT stop the listeners from taking new connections, let in-flight requests
 finish, then stop every worker.
 """
@@ -29,10 +30,12 @@ from pyserve.frontend.listeners import (Listener, ListenerError, bind, bind_grou
 from pyserve.frontend.management import management_app
 from pyserve.frontend.metrics import metrics_app
 from pyserve.frontend.tokens import TokenKeys
+from pyserve.grpc.listeners import GrpcListener
+from pyserve.grpc.management import management_listener
 from pyserve.logfiles import LogFiles
 from pyserve.logs import configure_logging
 from pyserve.startup import load_startup_models, ready_report, serving_line
-from pyserve.supervisor import FrontendSupervisor
+from pyserve.supervisor import GRPC_FRONTEND, HTTP_FRONTEND, FrontendSupervisor, Slot
 
 log = logging.getLogger("pyserve")
 
@@ -76,7 +79,9 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                                                                           settings.token_expiration_min)
     listeners: list[Listener] = []
     supervisor: FrontendSupervisor | None = None
+    grpc_management: GrpcListener | None = None
     frontends = frontend_count(settings)
+    slots: list[Slot] = []
     try:
         try:
             if frontends == 1:
@@ -86,39 +91,43 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
             else:
                 # A TLS mistake stops the start here, not in each frontend.
                 listener_tls(settings, "inference")
-                supervisor = FrontendSupervisor(
-                    engine, settings, __version__,
-                    bind_group(settings.inference_address, "inference", frontends), tokens)
-                engine.on_change, engine.settle = supervisor.changed, supervisor.settle
+                slots = [Slot(HTTP_FRONTEND, sock) for sock in
+                         bind_group(settings.inference_address, "inference", frontends)]
+            slots.append(Slot(GRPC_FRONTEND))
+            supervisor = FrontendSupervisor(engine, settings, __version__, slots, tokens)
+            engine.on_change, engine.settle = supervisor.changed, supervisor.settle
             listeners.append(make_listener(management_app(engine, settings, __version__, tokens),
                                            bind(settings.management_address, "management"),
                                            "management", settings))
             if settings.enable_metrics_api:
-                others = supervisor.counters if supervisor else None
-                listeners.append(make_listener(metrics_app(engine.metrics, __version__, others),
+                listeners.append(make_listener(metrics_app(engine.metrics, __version__,
+                                                           supervisor.counters),
                                                bind(settings.metrics_address, "metrics"), "metrics",
                                                settings))
+            grpc_management = management_listener(engine, settings, tokens)
         except ListenerError as error:
             log.error("%s", error)
             if on_ready:
                 on_ready(f"error: {error}")
             return 1
         startup = await load_startup_models(engine, settings)
-        if supervisor is not None:
-            try:  # once the models are loaded: until then connections wait, as with one process
-                await supervisor.start()
-            except (RuntimeError, OSError) as error:
-                log.error("%s", error)
-                if on_ready:
-                    on_ready(f"error: {error}")
-                return 1
+        try:  # once the models are loaded: until then connections wait, as with one process
+            await supervisor.start()
+        except (RuntimeError, OSError) as error:
+            log.error("%s", error)
+            if on_ready:
+                on_ready(f"error: {error}")
+            return 1
+        await grpc_management.start()
         tasks = [asyncio.create_task(listener.run_until_stopped()) for listener in listeners]
         sockets = {listener.name: listener.socket for listener in listeners}
-        if supervisor is not None:
-            sockets = {"inference": supervisor.sockets[0], **sockets}
+        if frontends > 1:
+            sockets = {"inference": slots[0].listening, **sockets}
             log.info("inference is served by %d frontend processes", frontends)
-        listening = listening_line({name: bound_url(settings, name, sock)
-                                    for name, sock in sockets.items()})
+        listening = listening_line({**{name: bound_url(settings, name, sock)
+                                       for name, sock in sockets.items()},
+                                    "grpc_inference": slots[-1].url,
+                                    "grpc_management": grpc_management.url})
         log.info("%s", listening)
         log.info("%s", serving_line(startup.served))
         if tokens is not None:
@@ -130,19 +139,21 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         log.info("stopping: finishing in-flight requests")
         for listener in listeners:
             listener.should_exit = True
-        if supervisor is not None:
-            await supervisor.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stopping = asyncio.create_task(grpc_management.stop(settings.graceful_shutdown_timeout))
+        await supervisor.stop()
+        await asyncio.gather(*tasks, stopping, return_exceptions=True)
         stopped.cancel()
     finally:
         if supervisor is not None and not supervisor.closing:
             await supervisor.stop()
+        if grpc_management is not None:
+            await grpc_management.stop(None)
         await engine.close()
         for listener in listeners:
             listener.socket.close()
-        if supervisor is not None:
-            for sock in supervisor.sockets:
-                sock.close()
+        for slot in slots:
+            if slot.listening is not None:
+                slot.listening.close()
         if tokens is not None:
             tokens.remove_file()
         await log_files.close()

@@ -16,6 +16,10 @@ its registration has answered. Metrics ask every frontend for its counters and a
 
 A frontend that dies is restarted after a short back-off; the core drops what it still had
 queued (nobody waits for it), and requests on other frontends are untouched.
+
+The gRPC inference listener is one more such process (pyserve.grpc.process), whatever
+`frontend_processes` says: it binds its own port, which its ready message reports and its
+restarts bind again.
 """
 
 from __future__ import annotations
@@ -59,6 +63,21 @@ def add_counters(total: dict, other: dict) -> dict:
     return {"responses": responses, "requests": list(requests.values())}
 
 
+@dataclasses.dataclass
+class Slot:
+    """What one frontend process serves: `module` run with the listening socket the server
+    keeps for it, or without one a port it binds itself (`port`, once it reported one)."""
+
+    module: str
+    listening: socket.socket | None = None
+    port: int | None = None
+    url: str | None = None  # where it serves, as it reported
+
+
+HTTP_FRONTEND = "pyserve.frontend.process"
+GRPC_FRONTEND = "pyserve.grpc.process"
+
+
 class Frontend:
     """One frontend process and its end of the link."""
 
@@ -80,14 +99,14 @@ class Frontend:
 
 
 class FrontendSupervisor:
-    def __init__(self, engine, settings: Settings, version: str, sockets: list[socket.socket],
+    def __init__(self, engine, settings: Settings, version: str, slots: list[Slot],
                  tokens: TokenKeys | None):
         self.engine = engine
         self.settings = settings
         self.version = version
-        self.sockets = sockets  # one per frontend slot
+        self.slots = slots
         self.tokens = tokens
-        self.count = len(sockets)
+        self.count = len(slots)
         self.frontends: dict[int, Frontend] = {}  # by slot
         self.closing = False
         self._generation = 0
@@ -104,8 +123,11 @@ class FrontendSupervisor:
         """Starts every frontend and returns once all of them serve; RuntimeError if one cannot."""
         started = [await self._spawn(slot) for slot in range(self.count)]
         _, late = await asyncio.wait([f.ready for f in started], timeout=READY_TIMEOUT)
-        if late or any(f.ready.result() is not True for f in started):
-            raise RuntimeError("frontend processes did not start; see the log")
+        for frontend in started:
+            if frontend.ready in late or not frontend.ready.result():
+                raise RuntimeError("frontend processes did not start; see the log")
+            if isinstance(frontend.ready.result(), str):  # what it reported as its failure
+                raise RuntimeError(frontend.ready.result())
 
     # -- processes --------------------------------------------------------------------
 
@@ -113,13 +135,15 @@ class FrontendSupervisor:
         origin, fds = self.engine.core.add_frontend()
         ours, theirs = socket.socketpair()
         process = None
-        listening = self.sockets[slot].fileno()
+        spec = self.slots[slot]
+        listening = [] if spec.listening is None else [spec.listening.fileno()]
         try:
-            inherited = (listening, *fds, theirs.fileno())
+            inherited = (*listening, *fds, theirs.fileno())
             process = subprocess.Popen(
                 # -P: the installed pyserve, even when the server runs from a checkout.
-                [sys.executable, "-P", "-m", "pyserve.frontend.process",
-                 "--listen-fd", str(listening), "--channel", ",".join(map(str, fds)),
+                [sys.executable, "-P", "-m", spec.module,
+                 *(["--listen-fd", str(listening[0])] if listening else []),
+                 "--channel", ",".join(map(str, fds)),
                  "--origin", str(origin), "--link-fd", str(theirs.fileno()),
                  "--parent-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, pass_fds=inherited,
@@ -140,7 +164,7 @@ class FrontendSupervisor:
         self._loop.add_reader(pidfd, self._reap, frontend)
         write_message(writer, {"op": "hello", "version": self.version,
                                "settings": dataclasses.asdict(self.settings),
-                               "tokens": self.tokens is not None})
+                               "tokens": self.tokens is not None, "port": spec.port})
         write_message(writer, self._state())
         frontend.link_task = asyncio.create_task(self._listen(frontend))
         log.info("frontend %d started (pid %d)", slot, process.pid)
@@ -194,7 +218,12 @@ class FrontendSupervisor:
                 message = await read_message(frontend.reader)
                 op = message["op"]
                 if op == "ready" and not frontend.ready.done():
+                    if "port" in message:
+                        spec = self.slots[frontend.slot]
+                        spec.port, spec.url = message["port"], message["url"]
                     frontend.ready.set_result(True)
+                elif op == "failed" and not frontend.ready.done():
+                    frontend.ready.set_result(message["error"])
                 elif op == "ack":
                     async with self._acked:
                         frontend.acked = max(frontend.acked, message["gen"])

@@ -19,10 +19,20 @@ from pathlib import Path
 from pyserve import _core, frames
 from pyserve.control import listening_ports, spawn_server, stop_process, write_loopback_config
 from pyserve.processes import alive as pid_alive  # noqa: F401 - the tests import it from here
-from pyserve.processes import children as child_pids  # noqa: F401 - likewise
+from pyserve.processes import children, command_has
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HANDLERS = Path(__file__).resolve().parent / "handlers"  # test handlers, archived per test
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes a server started, but for its gRPC process (tests/test_grpc_inference.py
+    follows that one): its workers, and its HTTP frontend processes if it has any."""
+    return {child for child in children(pid) if not is_grpc_process(child)}
+
+
+def is_grpc_process(pid: int) -> bool:
+    return command_has(pid, b"pyserve.grpc.process")
 
 
 @contextlib.contextmanager
@@ -61,6 +71,8 @@ class Server:
     management_port: int
     metrics_port: int
     log_path: Path
+    grpc_inference_port: int = 0
+    grpc_management_port: int = 0
 
     @property
     def inference_url(self) -> str:
@@ -73,6 +85,14 @@ class Server:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def grpc_inference_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_inference_port}"
+
+    @property
+    def grpc_management_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_management_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,7 +132,8 @@ def start_server(
         )
     ports = listening_ports(report)
     server = Server(process, ports.get("inference", 0), ports.get("management", 0),
-                    ports.get("metrics", 0), log_path)
+                    ports.get("metrics", 0), log_path, ports.get("grpc_inference", 0),
+                    ports.get("grpc_management", 0))
     if not report.startswith("ready"):
         server.stop()
         raise RuntimeError(f"server did not start: {report!r}\n{server.log()}")

@@ -16,6 +16,7 @@ millions of processes).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -108,6 +109,107 @@ def _worker_count(name: str, value: int) -> int:
     return value
 
 
+# The operations themselves, shared with the gRPC management API (pyserve.grpc.management):
+# each transport parses its own parameters and renders the outcome its own way.
+
+async def register_model(engine: Engine, url: str | None, options: RegisterOptions,
+                         synchronous: bool) -> tuple[int, str]:
+    """Registers the archive at `url`; (HTTP status, message) as TorchServe answers."""
+    if url is None:
+        raise BadRequest("Parameter url is required.")
+    if options.runtime is not None and options.runtime not in RUNTIMES:
+        raise BadRequest(f"Invalid RuntimeType value: {options.runtime}")
+    if options.initial_workers is not None:
+        options = replace(options, initial_workers=max(
+            _worker_count("initial_workers", options.initial_workers), 0))
+    if options.model_name is not None:
+        check_model_name(options.model_name)  # before the archive is fetched and unpacked
+    model = await engine.register(str(url), options, synchronous=synchronous)
+    if not synchronous:
+        return 202, "Processing worker updates..."
+    workers = model.config.min_workers
+    message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
+    if workers == 0:
+        message += ". Use scale workers API to add workers for the model."
+    return 200, message
+
+
+def model_list(engine: Engine, limit: int, offset: int) -> dict:
+    """One page of the registered models, in name order."""
+    names = sorted(engine.models)
+    page = names[offset:offset + limit]
+    listing: dict = {}
+    if offset + limit < len(names):
+        listing["nextPageToken"] = str(offset + limit)
+    listing["models"] = [{"modelName": name, "modelUrl": engine.model(name).url} for name in page]
+    return listing
+
+
+async def describe_models(engine: Engine, name: str, version: str | None,
+                          customized: bool) -> list[dict]:
+    """The model's default version, `version`, or with "all" every version, described."""
+    if version == "all":
+        engine.model(name)  # 404 when unknown
+        versions = [engine.models[name][v] for v in sorted(engine.models[name])]
+    else:
+        versions = [engine.model(name, version)]
+    described = [describe_model(model, engine.core.queued(model.core_id)) for model in versions]
+    if customized:
+        for model, entry in zip(versions, described):
+            entry["customizedMetadata"] = await _custom_metadata(engine, model)
+    return described
+
+
+async def _custom_metadata(engine: Engine, model: ModelVersion):
+    """What the handler's describe_handle says, asked for as TorchServe asks."""
+    if not model.live_workers():
+        raise ServeError(503, "ServiceUnavailableException",
+                         f'Model "{model.name}" has no worker to serve describe request. '
+                         "Please use scale workers API to add workers.")
+    result = await engine.infer(model, "describe", "", [(b"describe", b"True")], b"")
+    try:
+        return json.loads(result.body)
+    except ValueError:
+        return result.body.decode("utf-8", errors="replace")
+
+
+async def scale_workers(engine: Engine, name: str, version: str | None, min_worker: int,
+                        max_worker: int, synchronous: bool) -> tuple[int, str]:
+    """Scales the model's workers; (HTTP status, message) as TorchServe answers."""
+    model = engine.model(name, version)
+    if min_worker < 0:
+        raise BadRequest("min_worker cannot be negative.")
+    if max_worker < min_worker:
+        raise BadRequest("max_worker cannot be less than min_worker.")
+    _worker_count("min_worker", min_worker)
+    failed = await engine.scale(model, min_worker, max_worker, synchronous)
+    if not synchronous:
+        return 202, "Processing worker updates..."
+    if failed is not None:
+        raise ServeError(load_failure_code(failed), "InternalServerException",
+                         f"Failed to start workers for model {name} version: {version or 'null'}")
+    if len(model.ready_workers()) < min_worker:
+        return 206, "Workers scaling in progress..."
+    suffix = f", version: {version}" if version else ""
+    return 200, f"Workers scaled to {min_worker} for model: {name}{suffix}"
+
+
+async def unregister_model(engine: Engine, settings: Settings, name: str,
+                           version: str | None) -> str:
+    model = engine.model(name, version)
+    if engine.is_default(model) and len(engine.models[name]) > 1:
+        raise ServeError(403, "InvalidModelVersionException",
+                         f"Cannot remove default version for model {name}")
+    await engine.unregister(model, settings.unregister_model_timeout)
+    return f'Model "{name}" unregistered'
+
+
+async def set_default_version(engine: Engine, name: str, version: str) -> str:
+    engine.set_default(name, version)
+    await engine.settle()
+    return f'Default version successfully updated for model "{name}" to "{version}"'
+
+
 def management_app(engine: Engine, settings: Settings, version: str,
                    tokens: TokenKeys | None = None):
     async def models(request: Request) -> Response:
@@ -119,50 +221,26 @@ def management_app(engine: Engine, settings: Settings, version: str,
         if not settings.enable_model_api:
             raise MethodNotAllowed()
         params = await _parameters(request, settings.max_request_size)
-        url = params.get("url")
-        if url is None:
-            raise BadRequest("Parameter url is required.")
-        runtime = params.get("runtime")
-        if runtime is not None and runtime not in RUNTIMES:
-            raise BadRequest(f"Invalid RuntimeType value: {runtime}")
-        initial_workers = as_int(params.get("initial_workers"), None)
-        if initial_workers is not None:
-            _worker_count("initial_workers", initial_workers)
-        model_name = params.get("model_name") or None
-        if model_name is not None:
-            check_model_name(model_name)  # before the archive is fetched and unpacked
         options = RegisterOptions(
-            model_name=model_name,
+            model_name=params.get("model_name") or None,
             handler=params.get("handler") or None,
-            runtime=runtime,
+            runtime=params.get("runtime"),
             batch_size=as_int(params.get("batch_size"), None),
             max_batch_delay=as_int(params.get("max_batch_delay"), None),
-            initial_workers=max(initial_workers, 0) if initial_workers is not None else None,
+            initial_workers=as_int(params.get("initial_workers"), None),
             response_timeout=as_int(params.get("response_timeout"), None),
             startup_timeout=as_int(params.get("startup_timeout"), None),
         )
-        synchronous = as_bool(params.get("synchronous"), True)
-        model = await engine.register(str(url), options, synchronous=synchronous)
-        if not synchronous:
-            return status_response("Processing worker updates...", 202)
-        workers = model.config.min_workers
-        message = f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'
-        if workers == 0:
-            message += ". Use scale workers API to add workers for the model."
-        return status_response(message)
+        status, message = await register_model(engine, params.get("url"), options,
+                                               as_bool(params.get("synchronous"), True))
+        return status_response(message, status)
 
     def list_models(request: Request) -> Response:
         params = query(request)
         limit = as_int(params.get("limit"), MAX_PAGE)
         limit = MAX_PAGE if limit > MAX_PAGE or limit < 0 else limit
         offset = max(as_int(params.get("next_page_token"), 0), 0)
-        names = sorted(engine.models)
-        page = names[offset:offset + limit]
-        listing: dict = {}
-        if offset + limit < len(names):
-            listing["nextPageToken"] = str(offset + limit)
-        listing["models"] = [{"modelName": name, "modelUrl": engine.model(name).url} for name in page]
-        return json_response(listing)
+        return json_response(model_list(engine, limit, offset))
 
     async def model_resource(request: Request) -> Response:
         name = request.path_params["model_name"]
@@ -174,67 +252,25 @@ def management_app(engine: Engine, settings: Settings, version: str,
         return await unregister(name, version)
 
     async def describe(request: Request, name: str, version: str | None) -> Response:
-        if version == "all":
-            engine.model(name)  # 404 when unknown
-            versions = [engine.models[name][v] for v in sorted(engine.models[name])]
-        else:
-            versions = [engine.model(name, version)]
-        described = [describe_model(model, engine.core.queued(model.core_id))
-                     for model in versions]
-        if as_bool(query(request).get("customized"), False):
-            for model, entry in zip(versions, described):
-                entry["customizedMetadata"] = await custom_metadata(model)
-        return json_response(described)
-
-    async def custom_metadata(model: ModelVersion):
-        """What the handler's describe_handle says, asked for as TorchServe asks."""
-        if not model.live_workers():
-            raise ServeError(503, "ServiceUnavailableException",
-                             f'Model "{model.name}" has no worker to serve describe request. '
-                             "Please use scale workers API to add workers.")
-        result = await engine.infer(model, "describe", "", [(b"describe", b"True")], b"")
-        try:
-            return json.loads(result.body)
-        except ValueError:
-            return result.body.decode("utf-8", errors="replace")
+        customized = as_bool(query(request).get("customized"), False)
+        return json_response(await describe_models(engine, name, version, customized))
 
     async def scale(request: Request, name: str, version: str | None) -> Response:
-        model = engine.model(name, version)
         params = query(request)
         min_worker = as_int(params.get("min_worker"), 1)
-        max_worker = as_int(params.get("max_worker"), min_worker)
-        if min_worker < 0:
-            raise BadRequest("min_worker cannot be negative.")
-        if max_worker < min_worker:
-            raise BadRequest("max_worker cannot be less than min_worker.")
-        _worker_count("min_worker", min_worker)
-        synchronous = as_bool(params.get("synchronous"), False)
-        failed = await engine.scale(model, min_worker, max_worker, synchronous)
-        if not synchronous:
-            return status_response("Processing worker updates...", 202)
-        if failed is not None:
-            raise ServeError(load_failure_code(failed), "InternalServerException",
-                             f"Failed to start workers for model {name} version: {version or 'null'}")
-        if len(model.ready_workers()) < min_worker:
-            return status_response("Workers scaling in progress...", 206)
-        suffix = f", version: {version}" if version else ""
-        return status_response(f"Workers scaled to {min_worker} for model: {name}{suffix}")
+        status, message = await scale_workers(
+            engine, name, version, min_worker, as_int(params.get("max_worker"), min_worker),
+            as_bool(params.get("synchronous"), False))
+        return status_response(message, status)
 
     async def unregister(name: str, version: str | None) -> Response:
         if not settings.enable_model_api:
             raise MethodNotAllowed()
-        model = engine.model(name, version)
-        if engine.is_default(model) and len(engine.models[name]) > 1:
-            raise ServeError(403, "InvalidModelVersionException",
-                             f"Cannot remove default version for model {name}")
-        await engine.unregister(model, settings.unregister_model_timeout)
-        return status_response(f'Model "{name}" unregistered')
+        return status_response(await unregister_model(engine, settings, name, version))
 
     async def set_default(request: Request) -> Response:
         name, version = request.path_params["model_name"], request.path_params["model_version"]
-        engine.set_default(name, version)
-        await engine.settle()
-        return status_response(f'Default version successfully updated for model "{name}" to "{version}"')
+        return status_response(await set_default_version(engine, name, version))
 
     async def regenerate_token(request: Request) -> Response:
         if tokens is None:  # TorchServe has no /token route while token authorization is off

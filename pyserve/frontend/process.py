@@ -38,8 +38,8 @@ log = logging.getLogger("pyserve.frontend")
 STARTED_POLL_SECONDS = 0.01
 
 
-async def _follow(reader, writer, replica: Replica, key: InferenceKey | None,
-                  metrics: ServerMetrics) -> None:
+async def follow(reader, writer, replica: Replica, key: InferenceKey | None,
+                 metrics: ServerMetrics) -> None:
     """Applies the server's snapshots and answers its questions until the link closes."""
     while True:
         message = await read_message(reader)
@@ -83,7 +83,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not await _started(listener, serving):
         return 1
     write_message(writer, {"op": "ready"})
-    following = asyncio.create_task(_follow(reader, writer, replica, key, metrics))
+    following = asyncio.create_task(follow(reader, writer, replica, key, metrics))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([stopped, serving, following], return_when=asyncio.FIRST_COMPLETED)
     if following.done() and isinstance(following.exception(), LinkClosed):
