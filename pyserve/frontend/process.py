@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -83,6 +84,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not await _started(listener, serving):
         return 1
     write_message(writer, {"op": "ready"})
+    gc.freeze()  # see pyserve.server: startup objects are never garbage
     following = asyncio.create_task(follow(reader, writer, replica, key, metrics))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([stopped, serving, following], return_when=asyncio.FIRST_COMPLETED)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -71,6 +72,7 @@ async def serve(args: argparse.Namespace) -> int:
         return 1
     await listener.start()
     write_message(writer, {"op": "ready", "port": listener.port, "url": listener.url})
+    gc.freeze()  # see pyserve.server: startup objects are never garbage
     following = asyncio.create_task(follow(reader, writer, replica, key, metrics))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([stopped, following], return_when=asyncio.FIRST_COMPLETED)
