@@ -1,13 +1,18 @@
 """Client stubs for the gRPC tests, generated at test time with grpcio-tools from the .proto
 files pyserve ships, as TorchServe's ts_scripts/torchserve_grpc_client.py has its users
-generate them. The tests never import pyserve's own generated modules: both would define the
-same messages in protobuf's one default pool.
+generate them.
+
+protobuf has one default pool per process, and other tests import pyserve's own generated
+modules (through pyserve.server) into it; a second file defining the same messages would be
+refused. So the protos are compiled under the path pyserve's own modules were compiled from:
+the pool takes an identical file again, and the stubs load under names of their own.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import shutil
 import sys
 import tempfile
@@ -35,12 +40,24 @@ def stubs() -> SimpleNamespace:
     """inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc."""
     out = Path(tempfile.mkdtemp(prefix="pyserve-grpc-stubs-"))
     atexit.register(shutil.rmtree, out, True)
-    code = protoc.main(["protoc", f"-I{PROTOS}", *protoc_includes(), f"--python_out={out}",
-                        f"--grpc_python_out={out}", str(PROTOS / "inference.proto"),
-                        str(PROTOS / "management.proto")])
+    tree = out / "pyserve" / "grpc" / "protos"
+    tree.mkdir(parents=True)
+    for proto in ("inference.proto", "management.proto"):
+        shutil.copy(PROTOS / proto, tree)
+    code = protoc.main(["protoc", f"-I{out}", *protoc_includes(), f"--python_out={out}",
+                        f"--grpc_python_out={out}", "pyserve/grpc/protos/inference.proto",
+                        "pyserve/grpc/protos/management.proto"])
     assert code == 0, "protoc failed"
-    sys.path.insert(0, str(out))
-    return SimpleNamespace(**{name: importlib.import_module(name) for name in MODULES})
+    return SimpleNamespace(**{name: _load(f"test_stub_{name}", tree / f"{name}.py")
+                              for name in MODULES})
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def bearer(key: str) -> tuple[tuple[str, str]]:
