@@ -34,6 +34,7 @@ from pyserve.frontend.listeners import ListenerError
 from pyserve.frontend.process import follow
 from pyserve.frontend.tokens import InferenceKey
 from pyserve.grpc.inference import inference_listener
+from pyserve.grpc.open_inference import add_open_inference_service
 from pyserve.logfiles import LogFiles
 from pyserve.logs import configure_logging
 from pyserve.metrics import ServerMetrics
@@ -65,6 +66,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     try:
         listener = inference_listener(replica, settings, key)
+        add_open_inference_service(listener.server, replica)  # KServe's, beside it
     except ListenerError as error:
         log.error("%s", error)
         write_message(writer, {"op": "failed", "error": str(error)})

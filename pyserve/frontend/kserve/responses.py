@@ -31,9 +31,9 @@ def serve_error(error: ServeError) -> Response:
     return error_response(error.code, error.message, error.headers)
 
 
-def failed_answer(result: Result) -> Response:
-    """A worker's error (TorchServe's {"code", "type", "message"}, or whatever the handler
-    wrote) as the protocol's error object, its status kept."""
+def failure_message(result: Result) -> str:
+    """A worker's error message: TorchServe's {"code", "type", "message"}'s, or whatever the
+    handler wrote."""
     message = result.body.decode("utf-8", errors="replace")
     try:
         document = json.loads(result.body)
@@ -41,7 +41,12 @@ def failed_answer(result: Result) -> Response:
         document = None
     if isinstance(document, dict) and isinstance(document.get("message"), str):
         message = document["message"]
-    return error_response(result.status, message)
+    return message
+
+
+def failed_answer(result: Result) -> Response:
+    """A worker's error as the protocol's error object, its status kept."""
+    return error_response(result.status, failure_message(result))
 
 
 async def _chunks(answer: Streamed):

@@ -58,11 +58,12 @@ def _flag(parameters: dict, key: str, what: str) -> bool | None:
     return value
 
 
-def _flatten(data: list) -> list:
+def flatten(data: list) -> list:
+    """Nested lists' elements, in row-major order."""
     flat: list = []
     for item in data:
         if isinstance(item, list):
-            flat.extend(_flatten(item))
+            flat.extend(flatten(item))
         else:
             flat.append(item)
     return flat
@@ -158,7 +159,7 @@ def _read_input(tensor: Any, index: int, binary: memoryview, offset: int) -> int
     if not isinstance(data, list):
         raise TensorError(f"{what} needs data (a list) or a binary_data_size parameter")
     try:
-        values = _flatten(data) if list in set(map(type, data)) else data
+        values = flatten(data) if list in set(map(type, data)) else data
     except RecursionError:
         raise TensorError(f"{what}: data is nested too deep") from None
     if len(values) != count:
@@ -202,6 +203,13 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
         raise TensorError(f"The inference request is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise TensorError("The inference request must be a JSON object")
+    return read_document(document, binary, None if binary else body)
+
+
+def read_document(document: dict, binary: memoryview, body: bytes | None = None) -> InferRequest:
+    """A parsed request, checked, each input's binary data (`binary`, in input order) turned
+    into its JSON data. `body`: the request's JSON as it came, which the worker gets as it is;
+    None to write it anew (gRPC's requests, which come as messages)."""
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise TensorError("id must be a string")
@@ -217,19 +225,20 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
         raise TensorError(f"The body has {len(binary) - offset} bytes of binary data that no "
                           "input's binary_data_size accounts for")
     outputs = _requested_outputs(document.get("outputs"))
-    if binary:
+    if body is None:
         body = json.dumps(document, separators=(",", ":")).encode()
     return InferRequest(request_id, body, outputs, binary_output)
 
 
-def _encode(output: dict) -> bytes:
+def encode_output(output: dict) -> bytes:
+    """An output's data as binary tensor data."""
     name, datatype = output.get("name"), output.get("datatype")
     data = output.get("data")
     if datatype not in CODES or not isinstance(data, list):
         raise TensorError(f"Output {name!r} cannot be sent as binary: it needs a datatype and "
                           "data", 500)
     try:
-        values = _flatten(data)
+        values = flatten(data)
     except RecursionError:
         raise TensorError(f"Output {name!r} is nested too deep", 500) from None
     if datatype == "BYTES":
@@ -246,10 +255,10 @@ def _encode(output: dict) -> bytes:
                           500) from None
 
 
-def write_response(answer: bytes, request: InferRequest) -> tuple[bytes, int | None] | None:
-    """The model's answer as the request asked for it: (body, length of its JSON part when
-    binary data follows). None when the answer is no inference response (a handler that does
-    not speak the protocol): it then goes out as the handler wrote it."""
+def answer_document(answer: bytes, request: InferRequest) -> tuple[dict, bool] | None:
+    """The model's answer as an inference response, with the request's id and only the
+    outputs it named, and whether that changed it. None when the answer is no inference
+    response (a handler that does not speak the protocol)."""
     try:
         document = json.loads(answer)
     except (ValueError, RecursionError):
@@ -268,13 +277,25 @@ def write_response(answer: bytes, request: InferRequest) -> tuple[bytes, int | N
         if missing:
             raise TensorError(f"The model has no output {missing[0]!r}; it answered "
                               f"{', '.join(repr(name) for name in by_name)}")
-        outputs = document["outputs"] = [by_name[name] for name in request.outputs]
+        document["outputs"] = [by_name[name] for name in request.outputs]
         changed = True
+    return document, changed
+
+
+def write_response(answer: bytes, request: InferRequest) -> tuple[bytes, int | None] | None:
+    """The model's answer as the request asked for it: (body, length of its JSON part when
+    binary data follows). None when the answer is no inference response: it then goes out as
+    the handler wrote it."""
+    answered = answer_document(answer, request)
+    if answered is None:
+        return None
+    document, changed = answered
+    outputs = document["outputs"]
     blobs = []
     for output in outputs:
         binary = request.outputs.get(output.get("name"))
         if binary if binary is not None else request.binary_output:
-            blob = _encode(output)
+            blob = encode_output(output)
             del output["data"]
             parameters = output.get("parameters")
             output["parameters"] = {**(parameters if isinstance(parameters, dict) else {}),
