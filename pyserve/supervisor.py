@@ -167,7 +167,8 @@ class FrontendSupervisor:
                                "tokens": self.tokens is not None, "port": spec.port})
         write_message(writer, self._state())
         frontend.link_task = asyncio.create_task(self._listen(frontend))
-        log.info("frontend %d started (pid %d)", slot, process.pid)
+        kind = "the gRPC process" if spec.module == GRPC_FRONTEND else "HTTP frontend"
+        log.info("%s (slot %d) started (pid %d)", kind, slot, process.pid)
         return frontend
 
     def _reap(self, frontend: Frontend) -> None:
