@@ -10,9 +10,11 @@ the pool takes an identical file again, and the stubs load under names of their 
 
 from __future__ import annotations
 
+import ast
 import atexit
 import importlib
 import importlib.util
+import re
 import shutil
 import sys
 import tempfile
@@ -58,6 +60,12 @@ def _load(name: str, path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def serialized_descriptor(generated: Path) -> bytes:
+    """The descriptor a generated _pb2 module registers, read without importing it."""
+    return ast.literal_eval(re.search(r"AddSerializedFile\((b'.*?')\)\n",
+                                      generated.read_text()).group(1))
 
 
 def bearer(key: str) -> tuple[tuple[str, str]]:

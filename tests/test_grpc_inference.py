@@ -7,7 +7,6 @@ docs/compatibility.md lists where pyserve answers otherwise on purpose.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import httpx
 import pytest
 from google.protobuf import empty_pb2
 
-from grpc_stubs import PROTOS, bearer, protoc_includes, stubs
+from grpc_stubs import PROTOS, bearer, protoc_includes, serialized_descriptor, stubs
 from helpers import (EXAMPLES, HANDLERS, archive_model, children, is_grpc_process, pid_alive,
                      start_server, wait_until)
 from pyserve.control import spawn_server, write_loopback_config
@@ -84,11 +83,6 @@ def failure(call) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as raised:
         call()
     return raised.value
-
-
-def serialized_descriptor(generated: Path) -> bytes:
-    """The descriptor a generated _pb2 module registers, read without importing it."""
-    return ast.literal_eval(re.search(r"AddSerializedFile\((b'.*?')\)\n", generated.read_text()).group(1))
 
 
 def test_the_shipped_modules_are_generated_from_the_shipped_protos(tmp_path):
@@ -373,9 +367,13 @@ def test_the_grpc_process_exits_with_the_server_even_when_it_is_killed(store, tm
 
 def test_sigterm_lets_an_in_flight_grpc_call_finish(store, tmp_path):
     server = start_server(tmp_path, store, ["probe.mar"])
-    channel, stub = inference_stub(server.grpc_inference_target)
-    with channel:
-        call = stub.Predictions.future(request("probe", sleep=b"1", data=b"late"), timeout=TIMEOUT)
-        time.sleep(0.3)
-        assert server.stop() == 0
-        assert json.loads(call.result().prediction)["data"] == ["bytes", "late"]
+    try:
+        channel, stub = inference_stub(server.grpc_inference_target)
+        with channel:
+            call = stub.Predictions.future(request("probe", sleep=b"1", data=b"late"),
+                                           timeout=TIMEOUT)
+            time.sleep(0.3)
+            assert server.stop() == 0
+            assert json.loads(call.result().prediction)["data"] == ["bytes", "late"]
+    finally:
+        server.stop()  # a failure above must not leave the server and its workers running

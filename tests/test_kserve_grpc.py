@@ -4,21 +4,18 @@ for TorchServe's kservev2 envelope (service_envelope=kservev2)."""
 
 from __future__ import annotations
 
-import ast
-import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from grpc_stubs import PROTOS, protoc_includes
+from grpc_stubs import PROTOS, protoc_includes, serialized_descriptor
 from helpers import HANDLERS, archive_model, start_server, wait_until
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -63,12 +60,6 @@ def failure(call) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as raised:
         call()
     return raised.value
-
-
-def serialized_descriptor(generated: Path) -> bytes:
-    """The descriptor a generated _pb2 module registers, read without importing it."""
-    return ast.literal_eval(re.search(r"AddSerializedFile\((b'.*?')\)\n",
-                                      generated.read_text()).group(1))
 
 
 def test_the_shipped_module_is_generated_from_kserves_proto(tmp_path):

@@ -104,27 +104,33 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pyserve.frontend.process", description=__doc__)
-    parser.add_argument("--listen-fd", type=int, required=True, help="the inherited listening socket")
+def child_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every process the supervisor starts takes (pyserve.supervisor)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--channel", required=True, type=lambda v: [int(fd) for fd in v.split(",")],
                         help="its channel's descriptors: down ring, up ring, up eventfd, down eventfd")
     parser.add_argument("--origin", type=int, required=True, help="the origin its request ids carry")
     parser.add_argument("--link-fd", type=int, required=True, help="its end of the control link")
     parser.add_argument("--parent-pid", type=int, required=True, help="the server's pid")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging("frontend")
-    # Ctrl-C reaches the whole process group; the server decides when frontends stop.
+def run_child(role: str, serve, args: argparse.Namespace) -> int:
+    """Runs `serve(args)` in a process the supervisor started, which dies with the server."""
+    configure_logging(role)
+    # Ctrl-C reaches the whole process group; the server decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _core.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != args.parent_pid:
         return 1  # the server died before the death signal was armed
     tune_allocator()
     return uvloop.run(serve(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = child_parser("python -m pyserve.frontend.process")
+    parser.add_argument("--listen-fd", type=int, required=True, help="the inherited listening socket")
+    return run_child("frontend", serve, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

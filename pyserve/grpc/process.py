@@ -19,24 +19,19 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import socket
 import sys
 
-import uvloop
-
 from pyserve import _core
-from pyserve.allocator import tune_allocator
 from pyserve.config import Settings
 from pyserve.errors import ServiceUnavailable
 from pyserve.frontend.listeners import ListenerError
-from pyserve.frontend.process import follow
+from pyserve.frontend.process import child_parser, follow, run_child
 from pyserve.frontend.tokens import InferenceKey
 from pyserve.grpc.inference import inference_listener
 from pyserve.grpc.open_inference import add_open_inference_service
 from pyserve.logfiles import LogFiles
-from pyserve.logs import configure_logging
 from pyserve.metrics import ServerMetrics
 from pyserve.serving.client import ChannelClient
 from pyserve.serving.directory import Replica
@@ -93,26 +88,9 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pyserve.grpc.process", description=__doc__)
-    parser.add_argument("--channel", required=True, type=lambda v: [int(fd) for fd in v.split(",")],
-                        help="its channel's descriptors: down ring, up ring, up eventfd, down eventfd")
-    parser.add_argument("--origin", type=int, required=True, help="the origin its request ids carry")
-    parser.add_argument("--link-fd", type=int, required=True, help="its end of the control link")
-    parser.add_argument("--parent-pid", type=int, required=True, help="the server's pid")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging("grpc")
-    # Ctrl-C reaches the whole process group; the server decides when this process stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _core.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != args.parent_pid:
-        return 1  # the server died before the death signal was armed
-    tune_allocator()
-    return uvloop.run(serve(args))
+    args = child_parser("python -m pyserve.grpc.process").parse_args(argv)
+    return run_child("grpc", serve, args)
 
 
 if __name__ == "__main__":
