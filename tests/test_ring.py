@@ -129,6 +129,18 @@ def test_small_frames_keep_a_ring_small():
     assert resident_bytes(ring) < 1 << 20  # rings that ran round ended with all 8 MiB resident
 
 
+def test_a_small_frame_fits_behind_one_written_into_an_empty_ring_while_it_is_unread():
+    """A worker's next batch waits unread while the worker runs the one before; its
+    withdrawals must still fit behind it."""
+    ring = _core.Ring.create(8 << 20)
+    reader = _core.Ring.attach(os.dup(ring.fd))
+    assert written(ring, b"a" * 1000)
+    assert reader.read() == b"a" * 1000
+    assert written(ring, b"b" * 1000)  # into the empty ring: as long as all that came before
+    assert written(ring, b"withdraw")
+    assert reader.read() == b"b" * 1000 and reader.read() == b"withdraw"
+
+
 def test_a_large_frame_commits_the_memory_it_needs():
     ring = _core.Ring.create(8 << 20)
     assert ring.committed_bytes == _core.RING_INITIAL_COMMIT

@@ -63,9 +63,10 @@ WriteStatus Ring::reserve(size_t size, uint8_t** room) {
     const bool was_empty = read_pos == write_pos;
     const size_t offset = write_pos % capacity_;
     // An empty ring starts again at offset 0, behind a skip frame at the current offset,
-    // when the frame fits before that header (it must not overwrite it).
+    // when the frame fits before that header (it must not overwrite it) with room to spare.
     size_t skip = 0;
-    if (was_empty && offset != 0 && stride(size) <= offset && region_.commit(offset + kFrameHeader)) {
+    if (was_empty && offset != 0 && stride(size) + kRoomAfterWrap <= offset &&
+        region_.commit(offset + kFrameHeader)) {
         skip = capacity_ - offset;
     }
     const uint64_t start = write_pos + skip;

@@ -9,7 +9,10 @@
 //   woken: a reader drains until it sees the ring empty, and the seq_cst order of positions
 //   makes sure it sees every frame committed before that (see commit()).
 // - A frame written into an empty ring starts again at offset 0 (a skip frame tells the reader
-//   to jump there), so a ring that carries small frames touches only its first pages. Memory
+//   to jump there), so a ring that carries small frames touches only its first pages. It does
+//   so only if kRoomAfterWrap bytes stay free behind it: until the reader passes the skip
+//   frame, that is all the room there is, and small frames must still fit (a withdrawal
+//   written behind a batch the worker has not started). Memory
 //   past the initial commit is committed before a frame is written (kNoMemory otherwise) and
 //   given back once the ring has been empty of large frames for a while.
 #pragma once
@@ -56,6 +59,7 @@ class Ring {
     static constexpr size_t kFrameHeader = 16;
     // Committed when the ring is made: small frames never need more.
     static constexpr size_t kInitialCommit = 64 * 1024;
+    static constexpr size_t kRoomAfterWrap = 2048;
     // Memory past kInitialCommit is given back once no frame needed it for this long.
     static constexpr std::chrono::seconds kTrimAfter{1};
 
