@@ -10,6 +10,7 @@ Server to worker::
     [LOAD, settings]                      settings: a dict, see engine/pool.py
     [BATCH, batch_id, [request, ...]]     requests exactly as encode_request packed them
     [STOP]                                finish what you hold, then exit
+    [WITHDRAW, request_id]                leave the request out if its batch has not started
 
 Worker to server::
 
@@ -53,6 +54,7 @@ from pyserve import _core
 LOAD = _core.FRAME_LOAD
 BATCH = _core.FRAME_BATCH
 STOP = _core.FRAME_STOP
+WITHDRAW = _core.FRAME_WITHDRAW
 LOADED = _core.FRAME_LOADED
 LOAD_FAILED = _core.FRAME_LOAD_FAILED
 RESULTS = _core.FRAME_RESULTS
@@ -118,7 +120,8 @@ def _check_request(request: Any) -> None:
 
 def decode_request_frame(frame: bytes) -> list:
     """A frame the server wrote, checked: ``[LOAD, settings]``, ``[BATCH, batch_id, requests]``,
-    ``[STOP]``, or ``[kind, ...]`` of a kind this worker does not know (which it ignores).
+    ``[STOP]``, ``[WITHDRAW, request_id]``, or ``[kind, ...]`` of a kind this worker does not
+    know (which it ignores).
 
     FrameError for anything else, so that the worker never acts on half a frame.
     """
@@ -136,6 +139,8 @@ def decode_request_frame(frame: bytes) -> list:
             _check_request(request)
     elif kind == STOP and len(value) != 1:
         raise FrameError("a stop frame must be [STOP]")
+    elif kind == WITHDRAW and (len(value) != 2 or not _is_uint(value[1])):
+        raise FrameError("a withdraw frame must be [WITHDRAW, request_id]")
     return value
 
 

@@ -99,6 +99,8 @@ class ModelStats:
     batch_size_sum: int
     queue_depths: list[int]
     queue_depth_sum: int
+    # hung up; withdrawn unrun: client gone, client timeout; answers dropped (_core.withdrawn)
+    withdrawn: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
@@ -263,13 +265,30 @@ class ServerMetrics:
         depths = HistogramMetricFamily("pyserve_queue_depth",
                                        "Requests already queued for the model when one arrived.",
                                        labels=labels)
+        hung_up = CounterMetricFamily(
+            "pyserve_requests_hung_up",
+            "Requests whose client hung up (HTTP) or cancelled the call (gRPC) before the answer.",
+            labels=labels)
+        withdrawn = CounterMetricFamily(
+            "pyserve_requests_withdrawn",
+            "Requests that left the queue without running because nobody waited for them any "
+            "more: their client hung up, or they waited past clientTimeoutInMills.",
+            labels=[*labels, "reason"])
+        dropped = CounterMetricFamily(
+            "pyserve_answers_dropped",
+            "Answers not sent because their client hung up while the request ran.", labels=labels)
         for stats in self.model_stats() if self.model_stats else ():
             values = [stats.model_name, stats.model_version]
             batch_sizes = from_core(BATCH_SIZE_BUCKETS, stats.batch_sizes, stats.batch_size_sum)
             queue_depths = from_core(QUEUE_DEPTH_BUCKETS, stats.queue_depths, stats.queue_depth_sum)
             sizes.add_metric(values, batch_sizes.cumulative(), batch_sizes.sum)
             depths.add_metric(values, queue_depths.cumulative(), queue_depths.sum)
-        yield from (sizes, depths)
+            gone, client_gone, client_timeout, answers_dropped = stats.withdrawn
+            hung_up.add_metric(values, gone)
+            withdrawn.add_metric([*values, "client_gone"], client_gone)
+            withdrawn.add_metric([*values, "client_timeout"], client_timeout)
+            dropped.add_metric(values, answers_dropped)
+        yield from (sizes, depths, hung_up, withdrawn, dropped)
         if self.worker_summary is None:
             return
         workers = GaugeMetricFamily("pyserve_workers", "Worker processes of the model by state.",

@@ -192,6 +192,7 @@ class RingWorker:
         self.id = worker_id
         fds = core.add_worker(worker_id, model_id, frames.encode_load({}))
         self.channel = _core.WorkerChannel(*channel_fds(fds))
+        self.withdrawn: list[int] = []  # the request ids of the withdraw frames read
         assert frames.unpack(self.channel.receive(timeout=5))[0] == frames.LOAD
 
     def load(self) -> None:
@@ -200,10 +201,16 @@ class RingWorker:
             kind == frames.LOADED and worker == self.id for worker, kind, _ in events))
 
     def next_batch(self, timeout: float = 5.0):
-        frame = self.channel.receive(timeout=timeout)
-        if frame is None:
-            return None
-        kind, batch_id, requests = frames.unpack(frame)
+        """(batch id, request ids) of the next batch; withdraw frames on the way are noted."""
+        while True:
+            frame = self.channel.receive(timeout=timeout)
+            if frame is None:
+                return None
+            frame = frames.unpack(frame)
+            if frame[0] != frames.WITHDRAW:
+                break
+            self.withdrawn.append(frame[1])
+        kind, batch_id, requests = frame
         assert kind == frames.BATCH
         return batch_id, [request["id"] for request in requests]
 

@@ -11,7 +11,7 @@ from pyserve import _core, frames
 from pyserve.errors import QueueFull, ServeError
 from pyserve.serving.client import ChannelClient, LocalClient
 
-from helpers import channel_fds, core_under_test, loaded_worker
+from helpers import channel_fds, core_under_test, loaded_worker, wait_until
 
 
 @pytest.fixture
@@ -81,18 +81,18 @@ def test_a_streamed_answer_resolves_to_its_first_part_then_gives_the_rest_in_ord
     assert run(main()) == (b"part 0", [b"part 1", b"ok"])
 
 
-def test_a_cancelled_request_never_runs_and_its_future_is_forgotten(core):
+def test_a_request_whose_future_is_cancelled_never_runs(core):
     worker = loaded_worker(core)
 
     async def main():
         client = LocalClient(core, asyncio.get_running_loop(), lambda events: None)
         first, second, third = (client.submit(1, f"r{n}", "", [], b"x") for n in range(3))
-        client.cancel(1, third[0])  # the first two went to the worker; the third waited
+        third[1].cancel()  # the first two went to the worker; the third waited
         for _ in range(2):
             await asyncio.to_thread(answer_next, worker)
         await asyncio.gather(first[1], second[1])
         assert await asyncio.to_thread(worker.next_batch, 0.3) is None
-        assert not third[1].done()
+        assert third[1].cancelled()
         client.close()
 
     run(main())
@@ -113,6 +113,27 @@ def test_a_frontend_client_gets_its_answers_through_its_channel(core):
         return result
 
     assert run(main()).body == b"ok"
+
+
+def test_a_frontend_request_whose_future_is_cancelled_never_runs(core):
+    worker = loaded_worker(core)
+    origin, fds = core.add_frontend()
+
+    async def main():
+        client = ChannelClient(_core.FrontendChannel(*channel_fds(fds)), origin,
+                               asyncio.get_running_loop())
+        first, second, third = (client.submit(1, f"r{n}", "", [], b"x") for n in range(3))
+        await asyncio.to_thread(wait_until, lambda: core.queued(1) == 1)
+        third[1].cancel()
+        await asyncio.to_thread(wait_until, lambda: core.queued(1) == 0)
+        for _ in range(2):
+            await asyncio.to_thread(answer_next, worker)
+        await asyncio.gather(first[1], second[1])
+        assert await asyncio.to_thread(worker.next_batch, 0.3) is None
+        assert core.withdrawn(1) == (1, 1, 0, 0)
+        client.close()
+
+    run(main())
 
 
 def test_a_frontend_request_the_core_refuses_raises_in_the_frontend(core):

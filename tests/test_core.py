@@ -278,6 +278,41 @@ def test_the_answer_of_a_cancelled_running_request_is_dropped(core):
     assert [result[0] for result in answers(core, 1)] == [2]
 
 
+def test_a_cancelled_request_already_sent_is_withdrawn_from_its_worker(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(core)
+    submit(core, 1, 2)  # both go to the worker: 2 waits in its ring behind 1
+    assert core.cancel(1, 2) == _core.CANCEL_RUNNING
+    assert [worker.next_batch()[1], worker.next_batch()[1]] == [[1], [2]]
+    assert worker.next_batch(timeout=0.3) is None  # the withdraw frame comes behind its batch
+    assert worker.withdrawn == [2]
+
+
+def test_a_withdrawn_request_its_worker_left_out_counts_as_withdrawn_not_answered(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(core)
+    submit(core, 1, 2)
+    core.cancel(1, 2)
+    for batch_id, ids in (worker.next_batch(), worker.next_batch()):
+        worker.answer(batch_id, [id for id in ids if id != 2])
+    assert [result[0] for result in answers(core, 1)] == [1]
+    assert core.withdrawn(1) == (1, 1, 0, 0)
+
+
+def test_a_withdrawn_request_that_ran_anyway_counts_as_a_dropped_answer(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(core)
+    submit(core, 1)
+    batch_id, ids = worker.next_batch()
+    core.cancel(1, 1)
+    worker.answer(batch_id, ids)
+    submit(core, 2)
+    batch_id, ids = worker.next_batch()
+    worker.answer(batch_id, ids)
+    assert [result[0] for result in answers(core, 1)] == [2]
+    assert core.withdrawn(1) == (1, 0, 0, 1)
+
+
 def test_cancelling_an_unknown_request_says_so(core):
     core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
     assert core.cancel(1, 42) == _core.CANCEL_UNKNOWN

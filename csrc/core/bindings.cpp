@@ -151,6 +151,7 @@ void bind_constants(py::module_& m) {
     m.attr("FRAME_LOAD") = frames::kLoad;
     m.attr("FRAME_BATCH") = frames::kBatch;
     m.attr("FRAME_STOP") = frames::kStop;
+    m.attr("FRAME_WITHDRAW") = frames::kWithdraw;
     m.attr("FRAME_LOADED") = frames::kLoaded;
     m.attr("FRAME_LOAD_FAILED") = frames::kLoadFailed;
     m.attr("FRAME_RESULTS") = frames::kResults;
@@ -278,6 +279,22 @@ void bind_core(py::module_& m) {
             py::arg("model_id"),
             "((batch size counts, sum), (queue depth counts, sum)); count i > 0 is of values in\n"
             "(2^(i-2), 2^(i-1)], count 0 of zeros.")
+        .def(
+            "withdrawn",
+            [](Core& core, uint64_t model_id) {
+                ModelStats stats;
+                {
+                    py::gil_scoped_release unlocked;
+                    stats = core.stats(model_id);
+                }
+                return py::make_tuple(stats.hung_up, stats.withdrawn_client_gone,
+                                      stats.withdrawn_client_timeout, stats.dropped_answers);
+            },
+            py::arg("model_id"),
+            "(requests whose client hung up before their answer; of those, the ones withdrawn\n"
+            "unrun and the ones that ran, their answer dropped, counted once their batch ended;\n"
+            "requests withdrawn unrun because they waited past clientTimeoutInMills), in the\n"
+            "order (hung up, withdrawn: client gone, withdrawn: client timeout, answers dropped).")
         .def(
             "add_worker",
             [](Core& core, uint64_t worker_id, uint64_t model_id, const py::bytes& load_frame) {

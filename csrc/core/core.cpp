@@ -723,6 +723,7 @@ void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::s
             if (!span.more) {
                 request.answered = true;
                 --batch->unanswered;
+                if (request.cancelled) model.cancelled_request_ended(true);
             }
             model.answered(request, span.more, span.ends_sequence, out);
         }
@@ -731,7 +732,11 @@ void Core::handle_worker_frame(Worker& worker, ModelBatcher& model, const std::s
             for (Request& request : batch->requests) {
                 if (request.answered) continue;
                 request.answered = true;
-                if (!request.cancelled) out.fail(request, left_out);
+                if (request.cancelled) {
+                    model.cancelled_request_ended(false);
+                } else {
+                    out.fail(request, left_out);
+                }
                 model.answered(request, false, false, out);
             }
             const bool was_running = batch == worker.in_flight.begin();

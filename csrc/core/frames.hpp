@@ -20,6 +20,9 @@ namespace pyserve::frames {
 constexpr uint8_t kLoad = 1;   // [kLoad, settings]
 constexpr uint8_t kBatch = 2;  // [kBatch, batch_id, [request, ...]]
 constexpr uint8_t kStop = 3;   // [kStop]
+// [kWithdraw, request_id]: its client hung up after its batch was sent; the worker leaves it
+// out if it has not started that batch yet (it waits in the ring behind the running one).
+constexpr uint8_t kWithdraw = 4;
 
 // Worker -> server.
 constexpr uint8_t kLoaded = 11;      // [kLoaded, info]

@@ -120,9 +120,7 @@ std::vector<Request> ModelBatcher::take_batch(Worker& worker, Clock::time_point 
             if (timeout && now - source->front().arrival > policy_.client_timeout) {
                 Request late = std::move(source->front());
                 source->pop_front();
-                --queued_;
-                out.fail(late, client_timeout_answer());
-                answered(late, false, false, out);
+                withdraw(late, Withdrawal::kClientTimeout, out);
                 continue;
             }
             Request& request = source->front();
@@ -148,6 +146,33 @@ Answer ModelBatcher::client_timeout_answer() const {
                              "Request waited longer than clientTimeoutInMills=" + ms +
                                  " ms for a worker; it was not run"),
                   {}};
+}
+
+void ModelBatcher::tell_withdrawn(Worker& worker, uint64_t request_id, Outbox& out) {
+    uint8_t frame[2 + msgpack::kUint64Size];
+    msgpack::put_uint64(msgpack::put_fixint(msgpack::put_fixarray(frame, 2), frames::kWithdraw),
+                        request_id);
+    bool wake = false;
+    // A full ring only means the worker has not caught up: the request then runs and its
+    // answer is dropped, which is what happens anyway once its batch has started.
+    if (worker.channel.down().write(frame, sizeof(frame), &wake) == WriteStatus::kWritten && wake) {
+        out.wake.push_back(&worker);
+    }
+}
+
+void ModelBatcher::cancelled_request_ended(bool ran) {
+    ++(ran ? stats_.dropped_answers : stats_.withdrawn_client_gone);
+}
+
+void ModelBatcher::withdraw(Request& request, Withdrawal why, Outbox& out) {
+    --queued_;
+    if (why == Withdrawal::kClientTimeout) {
+        out.fail(request, client_timeout_answer());
+        ++stats_.withdrawn_client_timeout;
+    } else {
+        ++stats_.withdrawn_client_gone;
+    }
+    answered(request, false, false, out);
 }
 
 Worker* ModelBatcher::find_worker(uint64_t worker_id) const {
@@ -324,36 +349,40 @@ std::vector<Request> ModelBatcher::take_older(Clock::time_point cutoff) {
 }
 
 bool ModelBatcher::cancel(uint64_t request_id, bool* was_running, Outbox& out) {
-    auto remove_from = [&](std::deque<Request>& source) {
+    auto withdraw_from = [&](std::deque<Request>& source) {
         auto found = std::find_if(source.begin(), source.end(),
                                   [&](const Request& r) { return r.id == request_id; });
         if (found == source.end()) return false;
-        Request cancelled = std::move(*found);
+        Request gone = std::move(*found);
         source.erase(found);
-        --queued_;
-        answered(cancelled, false, false, out);  // its sequence goes on without it
+        withdraw(gone, Withdrawal::kClientGone, out);
         return true;
     };
     *was_running = false;
-    if (remove_from(queue_)) return true;
+    ++stats_.hung_up;
+    if (withdraw_from(queue_)) return true;
     for (Worker* worker : workers_) {
-        if (remove_from(worker->pinned)) return true;
+        if (withdraw_from(worker->pinned)) return true;
     }
-    if (!sequences_.take_where([&](const Request& r) { return r.id == request_id; }).empty()) {
-        --queued_;
+    std::vector<Request> waiting = sequences_.take_where([&](const Request& r) { return r.id == request_id; });
+    if (!waiting.empty()) {
+        waiting.front().moved_on = true;  // it never held its sequence: nothing to move on
+        withdraw(waiting.front(), Withdrawal::kClientGone, out);
         return true;
     }
     for (Worker* worker : workers_) {
         for (Batch& batch : worker->in_flight) {
             for (Request& request : batch.requests) {
-                if (request.id == request_id && !request.answered) {
+                if (request.id == request_id && !request.answered && !request.cancelled) {
                     request.cancelled = true;
                     *was_running = true;
+                    tell_withdrawn(*worker, request_id, out);
                     return true;
                 }
             }
         }
     }
+    --stats_.hung_up;  // answered already, or never here
     return false;
 }
 

@@ -87,7 +87,15 @@ struct Histogram {
 struct ModelStats {
     Histogram batch_sizes;   // requests per batch sent
     Histogram queue_depths;  // requests already queued when one arrived
+    // Requests nobody waited for any more (see ModelBatcher::withdraw):
+    uint64_t hung_up = 0;                    // their client hung up before their answer came
+    uint64_t withdrawn_client_gone = 0;      // of those, the ones that never ran
+    uint64_t withdrawn_client_timeout = 0;   // left the queue, never ran: clientTimeoutInMills
+    uint64_t dropped_answers = 0;            // of those, the ones that ran: answer dropped
 };
+
+// Why a queued request leaves its queue without running.
+enum class Withdrawal { kClientGone, kClientTimeout };
 
 // An error answer the core sends for a request; Python words it.
 struct Answer {
@@ -153,9 +161,14 @@ class ModelBatcher {
     std::vector<Request> take_origin(uint32_t origin);
     // Takes out the queued requests that arrived before `cutoff`.
     std::vector<Request> take_older(Clock::time_point cutoff);
-    // Takes a queued request out (true), or marks a running one so that its answer is
-    // dropped; false if the model holds no such request.
+    // The client of this request hung up: a queued request is withdrawn (true); one already
+    // sent to a worker is marked cancelled and its worker told, which leaves it out if its
+    // batch has not started (counted when the batch ends: see cancelled_request_ended); false
+    // if the model holds no such request.
     bool cancel(uint64_t request_id, bool* was_running, Outbox& out);
+    // A cancelled request's batch ended: it ran (its answer was dropped) or its worker left
+    // it out.
+    void cancelled_request_ended(bool ran);
 
     // The time the core's timer is armed for on this model's behalf; kNever when none.
     static constexpr Clock::time_point kNever = Clock::time_point::max();
@@ -168,6 +181,12 @@ class ModelBatcher {
     Worker* pick_worker();
     std::vector<Request> take_batch(Worker& worker, Clock::time_point now, Outbox& out);
     Answer client_timeout_answer() const;
+    // The one way a queued request leaves without running because nobody waits for it: its
+    // client hung up (no answer: there is nobody to read it) or it waited past
+    // clientTimeoutInMills (answered 503). Its sequence, if any, goes on without it.
+    void withdraw(Request& request, Withdrawal why, Outbox& out);
+    // Writes [kWithdraw, request_id] to the worker that holds the request.
+    void tell_withdrawn(Worker& worker, uint64_t request_id, Outbox& out);
     bool send_batch(Worker& worker, std::vector<Request>& batch, Outbox& out);
     Worker* find_worker(uint64_t worker_id) const;
     // Into the queue it may be taken from: its worker's, or the model's.

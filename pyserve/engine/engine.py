@@ -262,7 +262,8 @@ class Engine:
         for versions in self.models.values():
             for model in versions.values():
                 (batch_sizes, batch_sum), (depths, depth_sum) = self.core.stats(model.core_id)
-                stats.append(ModelStats(model.name, model.version, batch_sizes, batch_sum, depths, depth_sum))
+                stats.append(ModelStats(model.name, model.version, batch_sizes, batch_sum, depths,
+                                        depth_sum, self.core.withdrawn(model.core_id)))
         return stats
 
     def _on_events(self, events: list) -> None:

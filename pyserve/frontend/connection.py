@@ -19,6 +19,8 @@ BoundedHttpTools keeps what one connection may cost bounded:
   answered; the rest of a read waits unparsed, and the socket is not read meanwhile.
 - A listener serves at most `max_connections` connections at once: one more is answered 503
   and closed. Connections already open are served as before.
+- A client that hangs up before its answer is sent: its requests' `Hangup`s (in their scopes)
+  are called, so that a prediction nobody waits for leaves the queue (pyserve.frontend.hangup).
 - A connection closed while its client may still be sending (a 413 before the body was read,
   a refusal) lingers as nginx's does: the answer is sent, the write side shut, and what the
   client still sends is read and dropped for a while, so that the client reads the answer
@@ -37,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from pyserve import access_log
 from pyserve.errors import error_body
+from pyserve.frontend.hangup import SCOPE_KEY, Hangup
 
 log = logging.getLogger("pyserve.frontend")
 
@@ -165,6 +168,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         for cycle in self._unanswered:
             cycle.disconnected = True
             cycle.message_event.set()
+            cycle.scope[SCOPE_KEY].hung_up()
         self._unanswered.clear()
         self.pipeline.clear()
         self._held = b""
@@ -292,6 +296,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not previous:  # no new cycle for an upgrade
             self.cycle.started_at = self.loop.time()
+            self.cycle.scope[SCOPE_KEY] = Hangup()
             self._unanswered.append(self.cycle)
 
     def on_body(self, body: bytes) -> None:

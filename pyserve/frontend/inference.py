@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pyserve.config import Settings
+from pyserve.frontend.hangup import hangup_of
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.kserve import kserve_routes
 from pyserve.frontend.openapi import inference_api
@@ -45,7 +46,7 @@ def inference_app(directory: Directory, settings: Settings, version: str, tokens
         answer = await predictor.predict(
             params["model_name"], params.get("model_version"), params.get("url_path", ""), explain,
             request.scope[REQUEST_ID], request.scope["headers"],
-            request.headers.get("content-type", ""), body,
+            request.headers.get("content-type", ""), body, hangup_of(request.scope),
         )
         if isinstance(answer, Streamed):
             status, headers = result_headers(answer.first, streamed=True)

@@ -9,6 +9,7 @@ does (metrics, headers added for the handler, the answer) is written once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -16,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from pyserve.errors import ServeError
 from pyserve.frames import Result
+from pyserve.frontend.hangup import Hangup, hangup_of
 from pyserve.frontend.http import NO_CACHE_HEADERS, BodyTooLarge, RequestIds, read_body
 from pyserve.frontend.tokens import AUTHORIZATION_FAILED, KeyCheck
 from pyserve.serving.directory import Directory
@@ -39,7 +41,10 @@ class Predictor:
 
     async def predict(self, name: str, version: str | None, url_path: str, explain: bool,
                       request_id: str, headers: list, content_type: str,
-                      body: bytes) -> Result | Streamed:
+                      body: bytes, hangup: Hangup | None = None) -> Result | Streamed:
+        """The handler's answer. If the client hangs up first (`hangup`), the request is
+        withdrawn (it never runs if still queued) and ClientDisconnect raised; a task
+        cancelled while it waits here withdraws it too (a cancelled gRPC call)."""
         arrival = time.monotonic_ns()
         model = self.directory.model(name, version)
         stats = self.metrics.request_stats(name, version or "default")
@@ -49,9 +54,21 @@ class Predictor:
         sequence = 0
         if model.stateful:
             headers, sequence = with_sequence(headers)
-        answer = await self.directory.infer(model, request_id, content_type, headers, body,
-                                            sequence)
-        result = answer.first if isinstance(answer, Streamed) else answer
+        pending = self.directory.infer(model, request_id, content_type, headers, body, sequence)
+        if hangup is not None:
+            hangup.call_on_hangup(pending.cancel)
+        try:
+            answer = await pending
+        except asyncio.CancelledError:
+            if hangup is None or not hangup.happened:
+                raise
+            raise ClientDisconnect() from None
+        if isinstance(answer, Streamed):
+            result = answer.first
+            if hangup is not None:
+                hangup.call_on_hangup(answer.last.cancel)
+        else:
+            result = answer
         stats.latency_us += (time.monotonic_ns() - arrival) / 1000
         if result.started_ns:
             stats.queue_latency_us += max(result.started_ns - arrival, 0) / 1000
@@ -109,7 +126,7 @@ class FastPredictions:
             status, headers, body = await self._predict(scope, receive, segments, request_id)
             if isinstance(body, Streamed):
                 streamed, body = body, body.first.body
-        except ClientDisconnect:  # nothing is run for a body cut short, nothing answered
+        except ClientDisconnect:  # a body cut short, or a client that left before its answer
             return
         except ServeError as error:
             status, headers, body = error.code, [(b"content-type", JSON)], error.body()
@@ -146,7 +163,8 @@ class FastPredictions:
         version = segments[1] if len(segments) > 1 else None
         url_path = segments[2] if len(segments) > 2 else ""
         answer = await self.predictor.predict(name, version, url_path, False, request_id,
-                                              scope["headers"], content_type or "", body)
+                                              scope["headers"], content_type or "", body,
+                                              hangup_of(scope))
         if isinstance(answer, Streamed):
             status, headers = result_headers(answer.first, streamed=True)
             return status, headers, answer

@@ -5,6 +5,11 @@ channel (ChannelClient). Both get the same reply frames back, one eventfd wake-u
 of them, and resolve the same futures, so the code above them does not know which it has.
 Request ids carry the process's origin in their top bits, so that every process numbers
 its own requests and the core routes each answer back without a lookup.
+
+A request's future is a `Pending`: cancelling it withdraws the request from the core. That is
+how work nobody waits for is not done, whoever stops waiting: an HTTP connection that closes
+cancels it (pyserve.frontend.hangup), a cancelled gRPC call cancels the task awaiting it and
+asyncio cancels the future with the task.
 """
 
 from __future__ import annotations
@@ -55,6 +60,19 @@ def _channel_refusal(status: int) -> ServeError:
     return refusal(_core.SUBMIT_TOO_LARGE)
 
 
+class Pending(asyncio.Future):
+    """A submitted request's answer to come. Cancelling it withdraws the request: a queued
+    one leaves its queue and never runs, a running one's answer is dropped when it comes."""
+
+    __slots__ = ("client", "model_id", "id")
+
+    def cancel(self, msg=None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.client.withdraw(self.model_id, self.id)
+        return True
+
+
 class Client:
     """The futures of the requests this process submitted, resolved from reply frames."""
 
@@ -72,9 +90,13 @@ class Client:
         id = next(self._ids)
         self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body),
                    worker, sequence)
-        future = self.loop.create_future()
-        self._pending[id] = future
+        future = self._pending[id] = self._future(model_id, id)
         return id, future
+
+    def _future(self, model_id: int, id: int) -> Pending:
+        future = Pending(loop=self.loop)
+        future.client, future.model_id, future.id = self, model_id, id
+        return future
 
     def forget(self, id: int) -> None:
         """Nobody waits for this request any more: its answer, if any, is dropped."""
@@ -91,9 +113,9 @@ class Client:
     def _send(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> None:
         raise NotImplementedError
 
-    def cancel(self, model_id: int, id: int) -> None:
+    def withdraw(self, model_id: int, id: int) -> None:
         """Takes a queued request out of its queue (it never runs), or drops the answer of a
-        running one; its future is forgotten either way."""
+        running one; its future is forgotten either way. Called by its Pending's cancel()."""
         raise NotImplementedError
 
     def _on_replies(self, replies: list[bytes]) -> None:
@@ -127,7 +149,7 @@ class Client:
         future = self._pending.get(result.id)
         if future is None or future.done():
             return
-        stream = Streamed(result, asyncio.Queue(), self.loop.create_future())
+        stream = Streamed(result, asyncio.Queue(), self._future(future.model_id, result.id))
         self._streams[result.id] = stream
         self._pending[result.id] = stream.last
         future.set_result(stream)
@@ -150,7 +172,7 @@ class LocalClient(Client):
         if status != _core.SUBMIT_QUEUED:
             raise refusal(status)
 
-    def cancel(self, model_id: int, id: int) -> None:
+    def withdraw(self, model_id: int, id: int) -> None:
         self.forget(id)
         self.core.cancel(model_id, id)
 
@@ -178,15 +200,19 @@ class ChannelClient(Client):
     def __init__(self, channel: _core.FrontendChannel, origin: int, loop: asyncio.AbstractEventLoop):
         super().__init__(loop, origin)
         self.channel = channel
-        self._backlog: deque[tuple[int, int, bytes, int, int]] = deque()
+        self._backlog: deque[tuple[int, int, bytes | None, int, int]] = deque()
         loop.add_reader(channel.wait_fd, self._take)
 
     def _send(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> None:
         if self._backlog or not self._write(model_id, id, payload, worker, sequence):
             self._backlog.append((model_id, id, payload, worker, sequence))
 
-    def _write(self, model_id: int, id: int, payload: bytes, worker: int, sequence: int) -> bool:
-        """False when there is no room yet; raises for a request that can never be sent."""
+    def _write(self, model_id: int, id: int, payload: bytes | None, worker: int,
+               sequence: int) -> bool:
+        """False when there is no room yet; raises for a request that can never be sent.
+        A payload of None is a withdrawal that found the channel full."""
+        if payload is None:
+            return self.channel.cancel(model_id, id) != _core.NO_ROOM
         status = self.channel.submit(model_id, id, payload, worker, sequence)
         if status == _core.NO_ROOM and self.channel.wait_for_room(len(payload)):
             status = self.channel.submit(model_id, id, payload, worker, sequence)
@@ -196,9 +222,14 @@ class ChannelClient(Client):
             raise _channel_refusal(status)
         return True
 
-    def cancel(self, model_id: int, id: int) -> None:
+    def withdraw(self, model_id: int, id: int) -> None:
         self.forget(id)
-        self.channel.cancel(model_id, id)
+        for index, (_, waiting, *_) in enumerate(self._backlog):
+            if waiting == id:  # never sent: nothing to tell the core
+                del self._backlog[index]
+                return
+        if self.channel.cancel(model_id, id) == _core.NO_ROOM:
+            self._backlog.append((model_id, id, None, 0, 0))
 
     def _take(self) -> None:
         self._on_replies(self.channel.take())

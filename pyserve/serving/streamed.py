@@ -21,14 +21,23 @@ class Streamed:
     last: asyncio.Future  # the final reply
 
     async def rest(self):
-        """The parts after the first, then the last, in the order they came."""
+        """The parts after the first, then the last, in the order they came; nothing more
+        once `last` is cancelled (the client hung up). A task cancelled while it waits here
+        cancels `last` too: the rest is not produced for nobody."""
         while True:
             getter = asyncio.ensure_future(self.parts.get())
-            await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                getter.cancel()
+                self.last.cancel()
+                raise
             if getter.done():
                 yield getter.result()
                 continue
             getter.cancel()
+            if self.last.cancelled():
+                return
             while not self.parts.empty():
                 yield self.parts.get_nowait()
             yield self.last.result()

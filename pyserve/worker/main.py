@@ -23,6 +23,7 @@ from pyserve.logs import configure_logging
 from pyserve.worker import exit_codes
 from pyserve.worker.context import Context
 from pyserve.worker.continuous import ContinuousBatch
+from pyserve.worker.inbox import Inbox
 from pyserve.worker.loader import load_entry_point
 from pyserve.worker.metrics import MetricsCache
 from pyserve.worker.pinning import apply_in_worker
@@ -156,8 +157,10 @@ def _serve(channel: _core.WorkerChannel) -> int:
     if (settings.get("model_yaml_config") or {}).get("continuousBatching") is True:
         continuous = ContinuousBatch(channel, service, send_parts)
 
+    inbox = Inbox(channel)
+    read = functools.partial(receive, channel, service.context.metrics)
     while True:
-        frame = receive(channel, service.context.metrics)
+        frame = inbox.next(read)
         started_ns = time.monotonic_ns()
         kind = frame[0]
         if kind == frames.STOP:
@@ -165,6 +168,11 @@ def _serve(channel: _core.WorkerChannel) -> int:
             if updates:
                 channel.send(frames.encode_metric_updates(updates))
             return exit_codes.STOPPED
+        if kind == frames.BATCH:
+            frame[2] = inbox.without_withdrawn(frame[2])
+            if not frame[2]:  # every client of this batch hung up: nothing to run
+                send_results(channel, frame[1], [], [], started_ns)
+                continue
         if kind == frames.BATCH and continuous is not None:
             _, batch_id, requests = frame
             if continuous.run(batch_id, requests, started_ns):

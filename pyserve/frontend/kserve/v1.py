@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pyserve.errors import ServeError
+from pyserve.frontend.hangup import hangup_of
 from pyserve.frontend.http import REQUEST_ID, read_body
 from pyserve.frontend.kserve.responses import (
     JSON,
@@ -63,7 +64,8 @@ def v1_routes(predictor: Predictor, directory: Directory, max_request_size: int)
             if problem is not None:
                 return error_response(400, problem)
             answer = await predictor.predict(name, None, "", explain, request.scope[REQUEST_ID],
-                                             request.scope["headers"], JSON, body)
+                                             request.scope["headers"], JSON, body,
+                                             hangup_of(request.scope))
             if not isinstance(answer, Streamed) and answer.status >= 400:
                 return failed_answer(answer)
             return handler_response(answer)

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from pyserve.errors import ServeError
 from pyserve.frames import Result
+from pyserve.frontend.hangup import hangup_of
 from pyserve.frontend.http import REQUEST_ID, read_body
 from pyserve.frontend.kserve.responses import (
     JSON,
@@ -108,7 +109,8 @@ def v2_routes(predictor: Predictor, directory: Directory, max_request_size: int,
             headers = [(key, value) for key, value in request.scope["headers"]
                        if key != HEADER_LENGTH]
             answer = await predictor.predict(name, version, "", explain, request.scope[REQUEST_ID],
-                                             headers, JSON, tensors.body)
+                                             headers, JSON, tensors.body,
+                                             hangup_of(request.scope))
             return _response(answer, tensors)
         except ServeError as error:
             return serve_error(error)
