@@ -59,6 +59,12 @@ class Settings:
     max_download_size: int = 1 << 30  # pyserve: largest archive a registration downloads, in bytes
     download_timeout: int = 600  # pyserve: seconds a registration's whole download may take
     max_connections: int = 10_000  # pyserve: open connections per listener and process; past it, 503
+    # pyserve: defaults of the models' autoscaling (engine/autoscale.py), when min < max workers
+    autoscale_up_queue_ms: float = 100
+    autoscale_up_sustain_sec: float = 3
+    autoscale_down_idle_sec: float = 60
+    autoscale_down_busy_percent: float = 30
+    autoscale_cooldown_sec: float = 10
     private_key_file: str | None = None  # TLS for https:// addresses (see frontend/tls.py)
     certificate_file: str | None = None
     keystore: str | None = None
@@ -90,6 +96,11 @@ _BOUNDS = {
     "download_timeout": (1, INT_MAX),
     "max_connections": (1, INT_MAX),
     "metric_time_interval": (1, INT_MAX),
+    "autoscale_up_queue_ms": (0, INT_MAX),
+    "autoscale_up_sustain_sec": (0, INT_MAX),
+    "autoscale_down_idle_sec": (0, INT_MAX),
+    "autoscale_down_busy_percent": (0, 100),
+    "autoscale_cooldown_sec": (0, INT_MAX),
 }
 
 

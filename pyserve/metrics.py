@@ -110,6 +110,8 @@ class WorkerSummary:
     live: int
     ready: int
     restarts: int
+    scale_ups: int = 0  # workers added by autoscaling (pyserve.engine.autoscale)
+    scale_downs: int = 0
 
 
 @dataclass
@@ -295,12 +297,17 @@ class ServerMetrics:
                                     labels=[*labels, "state"])
         restarts = CounterMetricFamily("pyserve_worker_restarts",
                                        "Workers restarted after dying unexpectedly.", labels=labels)
+        scale_events = CounterMetricFamily(
+            "pyserve_worker_scale_events", "Workers added (up) or removed (down) by autoscaling.",
+            labels=[*labels, "direction"])
         for summary in self.worker_summary():
             values = [summary.model_name, summary.model_version]
             workers.add_metric([*values, "ready"], summary.ready)
             workers.add_metric([*values, "starting"], summary.live - summary.ready)
             restarts.add_metric(values, summary.restarts)
-        yield from (workers, restarts)
+            scale_events.add_metric([*values, "up"], summary.scale_ups)
+            scale_events.add_metric([*values, "down"], summary.scale_downs)
+        yield from (workers, restarts, scale_events)
 
     def render(self, names: list[str] | None = None, others: Iterable[dict] = ()) -> bytes:
         """The text exposition, `others` (counters() of other processes) added in; `names`

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 from pyserve import _core, archive, frames
 from pyserve.config import Settings
+from pyserve.engine.autoscale import SAMPLE_SECONDS, Sample, autoscaled
 from pyserve.engine.extract_root import make_extract_root
 from pyserve.engine.loading import RegisterOptions, prepare
 from pyserve.engine.models import ModelVersion
@@ -99,6 +100,7 @@ class Engine:
         self.pool.start(self._loop)
         self.pool.take_events = self.client.take
         self._loop.call_later(HOUSEKEEPING_SECONDS, self._housekeeping)
+        self._loop.call_later(SAMPLE_SECONDS, self._autoscale)
 
     def _housekeeping(self) -> None:
         if self.client is None or self.pool.closing:
@@ -131,6 +133,35 @@ class Engine:
         if count:
             log.warning("answered %d request(s) for %s:%s that waited %s s without a worker",
                         count, model.name, model.version, timeout)
+
+    def _autoscale(self) -> None:
+        """Moves each model whose workers scale themselves (engine/autoscale.py) by one, if
+        its autoscaler says so."""
+        if self.client is None or self.pool.closing:
+            return
+        self._loop.call_later(SAMPLE_SECONDS, self._autoscale)
+        now = time.monotonic()
+        for versions in list(self.models.values()):
+            for model in list(versions.values()):
+                if autoscaled(model):
+                    config, autoscaler = model.config, model.autoscaler
+                    sample = autoscaler.measure(self.core, model, config.autoscale, now)
+                    target = autoscaler.decide(sample, config.autoscale, config.min_workers,
+                                               config.max_workers)
+                    if target != sample.workers:
+                        self._autoscale_to(model, sample, target, now)
+
+    def _autoscale_to(self, model: ModelVersion, sample: Sample, target: int, now: float) -> None:
+        try:
+            self.pool.scale_to(model, target)
+        except ServeError as error:
+            log.error("cannot add a worker to %s:%s: %s", model.name, model.version, error.message)
+            return
+        model.autoscaler.moved(target - sample.workers, now)
+        self.on_change()
+        log.info("autoscaling %s:%s from %d to %d workers (expected queue wait %.3f s, "
+                 "workers busy %.0f%%)", model.name, model.version, sample.workers, target,
+                 sample.expected_wait, sample.busy * 100)
 
     # -- the registry -----------------------------------------------------------------
 
@@ -236,12 +267,15 @@ class Engine:
 
     async def scale(self, model: ModelVersion, min_workers: int, max_workers: int,
                     synchronous: bool) -> WorkerProcess | None:
-        """Sets the version's worker range and starts or stops workers to reach min_workers. If
-        synchronous, returns once the workers started have loaded and those stopped have
-        exited: the first started worker that failed to load, if any."""
+        """Sets the version's worker range and, as TorchServe does, starts workers up to
+        min_workers or stops those past max_workers; the autoscaler then moves within the
+        range. If synchronous, returns once the workers started have loaded and those stopped
+        have exited: the first started worker that failed to load, if any."""
         model.config.min_workers = min_workers
         model.config.max_workers = max_workers
-        started, stopping = self.pool.scale_to(model, min_workers)
+        model.autoscaler.scaled_explicitly(time.monotonic())
+        count = min(max(len(model.live_workers()), min_workers), max_workers)
+        started, stopping = self.pool.scale_to(model, count)
         self.on_change()
         if not synchronous:
             return None
@@ -253,7 +287,8 @@ class Engine:
     def worker_summary(self) -> list[WorkerSummary]:
         return [
             WorkerSummary(model.name, model.version, len(model.live_workers()),
-                          len(model.ready_workers()), model.restarts)
+                          len(model.ready_workers()), model.restarts,
+                          model.autoscaler.scale_ups, model.autoscaler.scale_downs)
             for versions in self.models.values() for model in versions.values()
         ]
 

@@ -11,7 +11,9 @@ Which value wins, for each setting (TorchServe's order, except where noted):
 - sequence batching (sequenceBatching with sequenceMaxIdleMSec above 0), clientTimeoutInMills,
   and pyserve's waitForFullBatch: the yaml's only;
 - max_retry_timeout: the yaml's maxRetryTimeoutInSec (an integer; a negative one is 0),
-  else 300 s.
+  else 300 s;
+- autoscaling thresholds (pyserve's own): the yaml's autoscale* keys, else the server's
+  autoscale_* settings (AUTOSCALE_KEYS).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 from pyserve import archive
 from pyserve.config import INT_MAX, Settings
 from pyserve.engine.allowed_urls import refuse_double_encoding, resolved, url_allowed
+from pyserve.engine.autoscale import AutoscaleConfig
 from pyserve.engine.fetch import fetch, is_url
 from pyserve.engine.models import ModelConfig, ModelVersion, SequenceConfig
 from pyserve.errors import BadRequest, ModelNotFound, ServeError
@@ -37,6 +40,14 @@ from pyserve.names import check_model_name
 log = logging.getLogger("pyserve.engine")
 
 RUNTIMES = ("python", "python3")
+# AutoscaleConfig field: (model-config yaml key, Settings field, highest value)
+AUTOSCALE_KEYS = {
+    "up_queue_ms": ("autoscaleUpQueueMs", "autoscale_up_queue_ms", INT_MAX),
+    "up_sustain_sec": ("autoscaleUpSustainSec", "autoscale_up_sustain_sec", INT_MAX),
+    "down_idle_sec": ("autoscaleDownIdleSec", "autoscale_down_idle_sec", INT_MAX),
+    "down_busy_percent": ("autoscaleDownBusyPercent", "autoscale_down_busy_percent", 100),
+    "cooldown_sec": ("autoscaleCooldownSec", "autoscale_cooldown_sec", INT_MAX),
+}
 
 
 @dataclass
@@ -172,7 +183,18 @@ def settle_config(options: RegisterOptions, yaml_config: dict, settings: Setting
     config.client_timeout = _non_negative(yaml_config.get("clientTimeoutInMills")) or 0
     config.wait_for_full_batch = yaml_config.get("waitForFullBatch") is True
     config.sequence = sequence_config(yaml_config)
+    config.autoscale = autoscale_config(yaml_config, settings)
     return config
+
+
+def autoscale_config(yaml_config: dict, settings: Settings) -> AutoscaleConfig:
+    """Each threshold from the yaml when it is a number in range, else from the server's."""
+    values = {}
+    for name, (yaml_key, setting, highest) in AUTOSCALE_KEYS.items():
+        value = yaml_config.get(yaml_key)
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= highest
+        values[name] = value if valid else getattr(settings, setting)
+    return AutoscaleConfig(**values)
 
 
 def sequence_config(yaml_config: dict) -> SequenceConfig | None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyserve.engine.autoscale import AutoscaleConfig, Autoscaler
+
 if TYPE_CHECKING:
     from pyserve.engine.workers import WorkerProcess
 
@@ -28,6 +30,7 @@ class ModelConfig:
     client_timeout: int = 0  # milliseconds: clientTimeoutInMills; 0: none
     wait_for_full_batch: bool = False  # pyserve's waitForFullBatch: TorchServe's batching policy
     sequence: "SequenceConfig | None" = None  # a stateful model's sequence batching
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)  # pyserve: between min and max
 
 
 @dataclass
@@ -63,6 +66,7 @@ class ModelVersion:
     unready_since: float | None = None  # time.monotonic() since when no worker has been ready
     registered_at: float = field(default_factory=time.time)
     workers: dict[int, "WorkerProcess"] = field(default_factory=dict)
+    autoscaler: Autoscaler = field(default_factory=Autoscaler)
 
     def live_workers(self) -> list["WorkerProcess"]:
         return [worker for worker in self.workers.values() if worker.alive]

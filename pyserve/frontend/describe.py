@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import datetime
+
+from pyserve.engine.autoscale import autoscaled
 from pyserve.engine.models import ModelVersion
 from pyserve.engine.workers import WorkerProcess
 
 
-def _start_time(worker: WorkerProcess) -> str:
+def _timestamp(when: datetime.datetime) -> str:
     # TorchServe: yyyy-MM-dd'T'HH:mm:ss.SSS'Z' in local time, with a literal Z.
-    return worker.start_time.strftime("%Y-%m-%dT%H:%M:%S.") + f"{worker.start_time.microsecond // 1000:03d}Z"
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _moved_at(seconds: float | None) -> str | None:
+    return None if seconds is None else _timestamp(datetime.datetime.fromtimestamp(seconds))
+
+
+def describe_autoscaling(model: ModelVersion) -> dict:
+    """pyserve's own: whether the workers scale themselves, and how often they have."""
+    autoscaler = model.autoscaler
+    return {
+        "enabled": autoscaled(model),
+        "scaleUps": autoscaler.scale_ups,
+        "scaleDowns": autoscaler.scale_downs,
+        "lastScaleUp": _moved_at(autoscaler.last_scale_up),
+        "lastScaleDown": _moved_at(autoscaler.last_scale_down),
+    }
 
 
 def describe_worker(worker: WorkerProcess) -> dict:
     on_gpu = worker.placement is not None and worker.placement.physical_gpu is not None
     return {
         "id": str(worker.id),
-        "startTime": _start_time(worker),
+        "startTime": _timestamp(worker.start_time),
         "status": worker.state.value,
         "memoryUsage": worker.memory_usage(),
         "pid": worker.pid,
@@ -62,5 +81,6 @@ def describe_model(model: ModelVersion, queued: int) -> dict:
             "pendingRequests": queued,
         },
         "restarts": model.restarts,
+        "autoScaling": describe_autoscaling(model),
     })
     return described
