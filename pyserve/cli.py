@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from pyserve import __version__, control
+from pyserve import __version__, control, kserve_runtime
 from pyserve.archiver import FORMATS, RUNTIMES
-from pyserve.config import ConfigError, load_settings, model_list
+from pyserve.config import ConfigError, Settings, load_settings, model_list
+from pyserve.model_snapshot import read_snapshot
 from pyserve.names import InvalidModelName, check_model_name
 
 
@@ -23,6 +25,25 @@ def _start_parser(commands) -> None:
                     "serves; a startup model that cannot be loaded is left out, with the reason "
                     "on stderr, and the server serves the others.",
     )
+    _start_flags(start)
+
+
+def _kserve_parser(commands) -> None:
+    kserve = commands.add_parser(
+        "kserve",
+        help="run as KServe's serving runtime (a container's command: in the foreground)",
+        description="Serve TorchServe's KServe layout as KServe runs a predictor: "
+                    f"{kserve_runtime.CONFIG_FILE} and {kserve_runtime.MODEL_STORE} by "
+                    f"default, KServe v1 and v2 on 0.0.0.0:{kserve_runtime.HTTP_PORT}, gRPC "
+                    f"(TorchServe's and the Open Inference Protocol) on "
+                    f"0.0.0.0:{kserve_runtime.GRPC_PORT}, in the foreground. Takes `pyserve "
+                    "start`'s flags; PROTOCOL_VERSION must be v1, v2 or grpc-v2.",
+    )
+    _start_flags(kserve)
+    kserve.set_defaults(model_store=kserve_runtime.MODEL_STORE, ts_config=kserve_runtime.CONFIG_FILE)
+
+
+def _start_flags(start: argparse.ArgumentParser) -> None:
     start.add_argument("--model-store", metavar="DIR",
                        help="folder holding model archives (.mar, .tar.gz) or model folders; "
                             "overrides model_store in the config file")
@@ -116,9 +137,25 @@ def _settings(args: argparse.Namespace):
     )
 
 
-def _start(args: argparse.Namespace, argv: list[str]) -> int:
+def _kserve(args: argparse.Namespace) -> int:
+    try:
+        kserve_runtime.check_protocol_version(os.environ)
+    except ConfigError as error:
+        print(f"pyserve: {error}", file=sys.stderr)
+        return 2
+    args.foreground = True  # a container's main process
+    return _start(args, [], adjust=kserve_runtime.kserve_settings)
+
+
+def _start(args: argparse.Namespace, argv: list[str],
+           adjust: Callable[[Settings], Settings] | None = None) -> int:
+    """`adjust`: what a command changes in the settings read (`pyserve kserve`: the listeners)."""
     try:
         settings = _settings(args)
+        if adjust is not None:
+            settings = adjust(settings)
+        if settings.model_snapshot is not None:
+            read_snapshot(settings.model_snapshot, settings.model_store)
     except ConfigError as error:
         print(f"pyserve: {error}", file=sys.stderr)
         return 2
@@ -167,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="version", version=f"pyserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _start_parser(commands)
+    _kserve_parser(commands)
     _archive_parser(commands)
     from pyserve.bench.command import add_bench_parser
 
@@ -198,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args, [a for a in argv[1:] if a != "--foreground"])
+    if args.command == "kserve":
+        return _kserve(args)
     if args.command == "archive":
         return _archive(args)
     if args.command == "bench":

@@ -31,6 +31,7 @@ class Settings:
     enable_grpc_ssl: bool = False  # both gRPC listeners over TLS: private_key_file, certificate_file
     model_store: str | None = None
     load_models: list[str] = field(default_factory=list)
+    model_snapshot: str | None = None  # TorchServe's JSON list of startup models (model_snapshot.py)
     default_workers_per_model: int = 0
     job_queue_size: int = 100
     max_request_size: int = 6553500

@@ -1,4 +1,5 @@
-"""The models a server loads at start (`--models`, load_models), and what it tells its starter.
+"""The models a server loads at start (`--models`, load_models, or TorchServe's
+model_snapshot, which replaces them), and what it tells its starter.
 
 As in TorchServe, a startup model that cannot be loaded is left out and the server serves
 the others. pyserve also says why (for a handler that fails, its own error from the worker)
@@ -19,6 +20,7 @@ from pyserve.engine.loading import RegisterOptions
 from pyserve.engine.models import ModelVersion
 from pyserve.errors import ServeError
 from pyserve.logs import escape_control_characters
+from pyserve.model_snapshot import SnapshotVersion, read_snapshot
 
 log = logging.getLogger("pyserve")
 
@@ -59,6 +61,8 @@ def why_not_loaded(error: ServeError | archive.ArchiveError) -> str:
 
 
 async def load_startup_models(engine: Engine, settings: Settings) -> Startup:
+    if settings.model_snapshot is not None:
+        return await load_snapshot_models(engine, settings)
     startup = Startup()
     for name, url in startup_models(settings):
         try:
@@ -71,6 +75,47 @@ async def load_startup_models(engine: Engine, settings: Settings) -> Startup:
             continue
         log.info("model %s:%s is served from %s with %d workers", model.name, model.version,
                  url, len(model.live_workers()))
+        startup.served.append(model)
+    return startup
+
+
+async def load_snapshot_version(engine: Engine, entry: SnapshotVersion) -> ModelVersion:
+    """Registers one snapshot entry with the snapshot's settings: they win over the archive's
+    yaml, its worker range included (TorchServe's Model.setModelState)."""
+    model = await engine.register(entry.mar_name, RegisterOptions(
+        model_name=entry.name, runtime=entry.runtime, batch_size=entry.batch_size,
+        max_batch_delay=entry.max_batch_delay, initial_workers=entry.min_workers,
+        response_timeout=entry.response_timeout, startup_timeout=entry.startup_timeout,
+    ), loaded_at_startup=True)
+    if (model.config.min_workers, model.config.max_workers) != (entry.min_workers,
+                                                                entry.max_workers):
+        await engine.scale(model, entry.min_workers, entry.max_workers, synchronous=True)
+    if entry.default:
+        engine.set_default(model.name, model.version)
+    return model
+
+
+async def load_snapshot_models(engine: Engine, settings: Settings) -> Startup:
+    """Every version model_snapshot lists (checked already: `pyserve start` refuses a snapshot
+    it cannot read). A version that cannot be loaded is left out, as other startup models are;
+    TorchServe stops restoring at the first one that fails."""
+    if settings.load_models:
+        log.warning("model_snapshot is set: load_models (--models) is ignored, as in TorchServe")
+    entries = read_snapshot(settings.model_snapshot or "", settings.model_store)
+    if not entries:
+        log.warning("model_snapshot lists no models (a modelCount of 0 or none means none, "
+                    "as in TorchServe): starting without models")
+    startup = Startup()
+    for entry in entries:
+        try:
+            model = await load_snapshot_version(engine, entry)
+        except (ServeError, archive.ArchiveError) as error:
+            why = why_not_loaded(error)
+            log.error("cannot load %s (model %s): %s", entry.mar_name, entry.name, why)
+            startup.failures.append(escape_control_characters(f"{entry.mar_name}: {why}"))
+            continue
+        log.info("model %s:%s is served from %s with %d workers (model_snapshot)", model.name,
+                 model.version, entry.mar_name, len(model.live_workers()))
         startup.served.append(model)
     return startup
 
