@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyserve.bench.command import add_bench_parser
 
     add_bench_parser(commands)
+    from pyserve.ray.command import add_ray_parser
+
+    add_ray_parser(commands)
     stop = commands.add_parser("stop", help="stop the server started with `pyserve start`",
                                description="Stop the running server and wait until it and "
                                            "its workers are gone.")
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return _kserve(args)
     if args.command == "archive":
         return _archive(args)
-    if args.command == "bench":
+    if args.command in ("bench", "ray"):
         return args.handler(args)
     if args.command == "stop":
         message = control.stop()
