@@ -313,6 +313,19 @@ def test_a_withdrawn_request_that_ran_anyway_counts_as_a_dropped_answer(core):
     assert core.withdrawn(1) == (1, 0, 0, 1)
 
 
+def test_the_wait_of_the_oldest_queued_request_is_measured(core):
+    core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
+    worker = loaded_worker(core)
+    assert core.oldest_queued_seconds(1) == 0.0
+    submit(core, 1, 2, 3)  # 1 and 2 go to the worker, 3 waits
+    time.sleep(0.2)
+    assert core.oldest_queued_seconds(1) >= 0.2
+    for _ in range(3):
+        batch_id, ids = worker.next_batch()
+        worker.answer(batch_id, ids)
+    assert core.oldest_queued_seconds(1) == 0.0
+
+
 def test_cancelling_an_unknown_request_says_so(core):
     core.add_model(1, batch_size=1, max_batch_delay=0, max_queue_size=100)
     assert core.cancel(1, 42) == _core.CANCEL_UNKNOWN

@@ -86,6 +86,11 @@ py::tuple histogram(const Histogram& h) {
     return py::make_tuple(std::vector<uint64_t>(h.counts.begin(), h.counts.end()), h.sum);
 }
 
+ModelStats stats_unlocked(const Core& core, uint64_t model_id) {
+    py::gil_scoped_release unlocked;  // the model's mutex may be held by a dispatch
+    return core.stats(model_id);
+}
+
 void set_parent_death_signal(int signal) {
     if (::prctl(PR_SET_PDEATHSIG, signal) != 0) {
         throw ShmError(std::string("prctl(PR_SET_PDEATHSIG): ") + std::strerror(errno));
@@ -266,14 +271,13 @@ void bind_core(py::module_& m) {
             "Answer the queued requests that waited longer than `seconds` with `answer`, a\n"
             "(status, body[, headers]) tuple; returns how many.")
         .def("queued", &Core::queued, py::arg("model_id"), py::call_guard<py::gil_scoped_release>())
+        .def("oldest_queued_seconds", &Core::oldest_queued_seconds, py::arg("model_id"),
+             py::call_guard<py::gil_scoped_release>(),
+             "How long the oldest request queued for a worker has waited; 0.0 if none.")
         .def(
             "stats",
             [](Core& core, uint64_t model_id) {
-                ModelStats stats;
-                {
-                    py::gil_scoped_release unlocked;
-                    stats = core.stats(model_id);
-                }
+                const ModelStats stats = stats_unlocked(core, model_id);
                 return py::make_tuple(histogram(stats.batch_sizes), histogram(stats.queue_depths));
             },
             py::arg("model_id"),
@@ -282,11 +286,7 @@ void bind_core(py::module_& m) {
         .def(
             "withdrawn",
             [](Core& core, uint64_t model_id) {
-                ModelStats stats;
-                {
-                    py::gil_scoped_release unlocked;
-                    stats = core.stats(model_id);
-                }
+                const ModelStats stats = stats_unlocked(core, model_id);
                 return py::make_tuple(stats.hung_up, stats.withdrawn_client_gone,
                                       stats.withdrawn_client_timeout, stats.dropped_answers);
             },

@@ -172,6 +172,16 @@ size_t Core::queued(uint64_t model_id) const {
     return model->queued();
 }
 
+double Core::oldest_queued_seconds(uint64_t model_id) const {
+    std::shared_lock registry(registry_);
+    ModelBatcher* model = find_model(model_id);
+    if (!model) return 0;
+    std::lock_guard lock(model->mutex());
+    const Clock::time_point oldest = model->oldest_arrival();
+    if (oldest == ModelBatcher::kNever) return 0;
+    return std::chrono::duration<double>(Clock::now() - oldest).count();
+}
+
 ModelStats Core::stats(uint64_t model_id) const {
     std::shared_lock registry(registry_);
     ModelBatcher* model = find_model(model_id);

@@ -90,6 +90,8 @@ class Core {
     // Answers the queued requests that have waited longer than `seconds`; returns how many.
     size_t expire_queued(uint64_t model_id, double seconds, const Answer& answer);
     size_t queued(uint64_t model_id) const;
+    // How long the oldest request queued for a worker has waited, in seconds; 0 if none.
+    double oldest_queued_seconds(uint64_t model_id) const;
     ModelStats stats(uint64_t model_id) const;
 
     // Makes the worker's channel with `load_frame` first in its down ring, and returns the

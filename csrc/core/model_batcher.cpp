@@ -175,6 +175,14 @@ void ModelBatcher::withdraw(Request& request, Withdrawal why, Outbox& out) {
     answered(request, false, false, out);
 }
 
+Clock::time_point ModelBatcher::oldest_arrival() const {
+    Clock::time_point oldest = queue_.empty() ? kNever : queue_.front().arrival;
+    for (const Worker* worker : workers_) {
+        if (!worker->pinned.empty()) oldest = std::min(oldest, worker->pinned.front().arrival);
+    }
+    return oldest;
+}
+
 Worker* ModelBatcher::find_worker(uint64_t worker_id) const {
     for (Worker* worker : workers_) {
         if (worker->id == worker_id) return worker;

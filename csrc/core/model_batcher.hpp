@@ -133,6 +133,9 @@ class ModelBatcher {
     const BatchPolicy& policy() const { return policy_; }
     void set_policy(const BatchPolicy& policy) { policy_ = policy; }
     size_t queued() const { return queued_; }
+    // When the oldest request waiting for a worker (the model's or a worker's own queue)
+    // arrived; kNever when none waits.
+    Clock::time_point oldest_arrival() const;
     const ModelStats& stats() const { return stats_; }
     const std::vector<Worker*>& workers() const { return workers_; }
     void set_sequences(const SequencePolicy& policy) { sequences_.set_policy(policy); }

@@ -15,11 +15,12 @@ SAMPLE_SECONDS (`Autoscaler.measure`) and asks `Autoscaler.decide` for its worke
   are refused rather than queued, so nothing would bring one back), and nothing at all for
   a stateful model: its sequences live in one worker each.
 
-The expected wait is Little's law: the requests waiting for a worker (queued, and in worker
+The queue wait is the longer of two: how long the oldest queued request has waited, as the
+core measures it, and Little's law, the requests waiting for a worker (queued, and in worker
 rings behind the batch that runs) over the rate the workers took requests during the last
-`up_sustain_sec`. The core keeps no request's age, only these counts, so the wait is
-estimated rather than read. A worker is stopped only after the batches it holds
-(Core.stop_worker), so scaling down loses no request.
+`up_sustain_sec`, which sees a backlog before its oldest request has aged. A worker is
+stopped only after the batches it holds (Core.stop_worker), so scaling down loses no
+request.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Sample:
     workers: int  # alive: loading or ready
     loading: int  # workers still loading, and dead ones waiting to restart
     waiting: float  # requests waiting for a worker
-    expected_wait: float  # seconds a request joining the queue could expect to wait
+    expected_wait: float  # seconds requests wait, or could expect to, for a worker
     busy: float  # fraction of the ready workers running a batch
 
 
@@ -101,7 +102,9 @@ class Autoscaler:
         while len(self._taken) > 2 and self._taken[1][0] <= now - window:
             self._taken.popleft()
         since, taken_before = self._taken[0]
-        wait = 0.0 if since == now else expected_wait(waiting, dispatched - taken_before, now - since)
+        estimated = 0.0 if since == now else expected_wait(waiting, dispatched - taken_before,
+                                                          now - since)
+        wait = max(estimated, core.oldest_queued_seconds(model.core_id))
         return Sample(
             at=now, workers=len(live), loading=len(live) - len(ready) + model.pending_restarts,
             waiting=waiting, expected_wait=wait,
