@@ -81,18 +81,18 @@ def test_a_streamed_answer_resolves_to_its_first_part_then_gives_the_rest_in_ord
     assert run(main()) == (b"part 0", [b"part 1", b"ok"])
 
 
-def test_a_request_whose_future_is_cancelled_never_runs(core):
+def test_a_withdrawn_request_never_runs(core):
     worker = loaded_worker(core)
 
     async def main():
         client = LocalClient(core, asyncio.get_running_loop(), lambda events: None)
         first, second, third = (client.submit(1, f"r{n}", "", [], b"x") for n in range(3))
-        third[1].cancel()  # the first two went to the worker; the third waited
+        client.withdraw(1, third[0])  # the first two went to the worker; the third waited
         for _ in range(2):
             await asyncio.to_thread(answer_next, worker)
         await asyncio.gather(first[1], second[1])
         assert await asyncio.to_thread(worker.next_batch, 0.3) is None
-        assert third[1].cancelled()
+        assert not third[1].done()
         client.close()
 
     run(main())
@@ -115,7 +115,7 @@ def test_a_frontend_client_gets_its_answers_through_its_channel(core):
     assert run(main()).body == b"ok"
 
 
-def test_a_frontend_request_whose_future_is_cancelled_never_runs(core):
+def test_a_withdrawn_frontend_request_never_runs(core):
     worker = loaded_worker(core)
     origin, fds = core.add_frontend()
 
@@ -124,7 +124,7 @@ def test_a_frontend_request_whose_future_is_cancelled_never_runs(core):
                                asyncio.get_running_loop())
         first, second, third = (client.submit(1, f"r{n}", "", [], b"x") for n in range(3))
         await asyncio.to_thread(wait_until, lambda: core.queued(1) == 1)
-        third[1].cancel()
+        client.withdraw(1, third[0])
         await asyncio.to_thread(wait_until, lambda: core.queued(1) == 0)
         for _ in range(2):
             await asyncio.to_thread(answer_next, worker)

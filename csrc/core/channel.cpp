@@ -69,6 +69,9 @@ bool PeerChannel::sleep_until(const Deadline& deadline) const {
 
 std::optional<FrameView> PeerChannel::receive(const Deadline& deadline, std::chrono::nanoseconds spin) {
     if (auto frame = down_.peek()) return frame;
+    // A look (timeout 0, as a worker looks for withdrawals behind a batch) neither spins nor
+    // yields: on a busy host, sched_yield would hand the worker's core to another process.
+    if (deadline && *deadline <= Clock::now()) return std::nullopt;
     if (spin.count() > 0) {
         auto until = Clock::now() + spin;
         if (deadline) until = std::min(until, *deadline);

@@ -315,11 +315,14 @@ class Engine:
     # -- requests ---------------------------------------------------------------------
 
     def infer(self, model: ModelVersion, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]:
+              body: bytes, sequence: int = 0) -> tuple[int, asyncio.Future[Result | Streamed]]:
         if not model.can_serve():
             raise no_worker(model.name)
         return self.client.submit(model.core_id, request_id, content_type, headers, body,
-                                  sequence=sequence)[1]
+                                  sequence=sequence)
+
+    def withdraw(self, model: ModelVersion, id: int) -> None:
+        self.client.withdraw(model.core_id, id)
 
     # -- shutdown ---------------------------------------------------------------------
 

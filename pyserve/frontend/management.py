@@ -166,7 +166,7 @@ async def _custom_metadata(engine: Engine, model: ModelVersion):
         raise ServeError(503, "ServiceUnavailableException",
                          f'Model "{model.name}" has no worker to serve describe request. '
                          "Please use scale workers API to add workers.")
-    result = await engine.infer(model, "describe", "", [(b"describe", b"True")], b"")
+    result = await engine.infer(model, "describe", "", [(b"describe", b"True")], b"")[1]
     try:
         return json.loads(result.body)
     except ValueError:

@@ -10,6 +10,7 @@ does (metrics, headers added for the handler, the answer) is written once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 
@@ -42,9 +43,12 @@ class Predictor:
     async def predict(self, name: str, version: str | None, url_path: str, explain: bool,
                       request_id: str, headers: list, content_type: str,
                       body: bytes, hangup: Hangup | None = None) -> Result | Streamed:
-        """The handler's answer. If the client hangs up first (`hangup`), the request is
-        withdrawn (it never runs if still queued) and ClientDisconnect raised; a task
-        cancelled while it waits here withdraws it too (a cancelled gRPC call)."""
+        """The handler's answer. Work nobody waits for is not done, one path for every way
+        of no longer waiting: if the client hangs up first (`hangup`, from pyserve's HTTP
+        connection), the future is cancelled; if the task waiting here is cancelled (a
+        cancelled gRPC call, a Ray Serve request), asyncio cancels the future with it. Either
+        way the request is withdrawn from the core (it never runs if it can still be
+        stopped), and ClientDisconnect raised for a hangup."""
         arrival = time.monotonic_ns()
         model = self.directory.model(name, version)
         stats = self.metrics.request_stats(name, version or "default")
@@ -54,19 +58,22 @@ class Predictor:
         sequence = 0
         if model.stateful:
             headers, sequence = with_sequence(headers)
-        pending = self.directory.infer(model, request_id, content_type, headers, body, sequence)
+        id, pending = self.directory.infer(model, request_id, content_type, headers, body,
+                                           sequence)
         if hangup is not None:
             hangup.call_on_hangup(pending.cancel)
         try:
             answer = await pending
         except asyncio.CancelledError:
+            self.directory.withdraw(model, id)
             if hangup is None or not hangup.happened:
                 raise
             raise ClientDisconnect() from None
         if isinstance(answer, Streamed):
             result = answer.first
+            answer.withdraw = functools.partial(self.directory.withdraw, model, id)
             if hangup is not None:
-                hangup.call_on_hangup(answer.last.cancel)
+                hangup.call_on_hangup(answer.cancel)
         else:
             result = answer
         stats.latency_us += (time.monotonic_ns() - arrival) / 1000

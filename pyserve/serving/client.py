@@ -6,10 +6,8 @@ of them, and resolve the same futures, so the code above them does not know whic
 Request ids carry the process's origin in their top bits, so that every process numbers
 its own requests and the core routes each answer back without a lookup.
 
-A request's future is a `Pending`: cancelling it withdraws the request from the core. That is
-how work nobody waits for is not done, whoever stops waiting: an HTTP connection that closes
-cancels it (pyserve.frontend.hangup), a cancelled gRPC call cancels the task awaiting it and
-asyncio cancels the future with the task.
+`withdraw` takes back a request nobody waits for any more (pyserve.frontend.predictions calls
+it when the wait for its future is cancelled).
 """
 
 from __future__ import annotations
@@ -60,19 +58,6 @@ def _channel_refusal(status: int) -> ServeError:
     return refusal(_core.SUBMIT_TOO_LARGE)
 
 
-class Pending(asyncio.Future):
-    """A submitted request's answer to come. Cancelling it withdraws the request: a queued
-    one leaves its queue and never runs, a running one's answer is dropped when it comes."""
-
-    __slots__ = ("client", "model_id", "id")
-
-    def cancel(self, msg=None) -> bool:
-        if not super().cancel(msg):
-            return False
-        self.client.withdraw(self.model_id, self.id)
-        return True
-
-
 class Client:
     """The futures of the requests this process submitted, resolved from reply frames."""
 
@@ -90,13 +75,8 @@ class Client:
         id = next(self._ids)
         self._send(model_id, id, frames.encode_request(id, request_id, content_type, headers, body),
                    worker, sequence)
-        future = self._pending[id] = self._future(model_id, id)
+        future = self._pending[id] = self.loop.create_future()
         return id, future
-
-    def _future(self, model_id: int, id: int) -> Pending:
-        future = Pending(loop=self.loop)
-        future.client, future.model_id, future.id = self, model_id, id
-        return future
 
     def forget(self, id: int) -> None:
         """Nobody waits for this request any more: its answer, if any, is dropped."""
@@ -114,8 +94,9 @@ class Client:
         raise NotImplementedError
 
     def withdraw(self, model_id: int, id: int) -> None:
-        """Takes a queued request out of its queue (it never runs), or drops the answer of a
-        running one; its future is forgotten either way. Called by its Pending's cancel()."""
+        """Takes a queued request out of its queue (it never runs), or out of a batch its
+        worker has not started, or drops the answer of a running one; its future is
+        forgotten either way."""
         raise NotImplementedError
 
     def _on_replies(self, replies: list[bytes]) -> None:
@@ -149,7 +130,7 @@ class Client:
         future = self._pending.get(result.id)
         if future is None or future.done():
             return
-        stream = Streamed(result, asyncio.Queue(), self._future(future.model_id, result.id))
+        stream = Streamed(result, asyncio.Queue(), self.loop.create_future())
         self._streams[result.id] = stream
         self._pending[result.id] = stream.last
         future.set_result(stream)

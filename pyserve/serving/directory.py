@@ -35,7 +35,11 @@ class Directory(Protocol):
     def healthy(self) -> bool: ...
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]: ...
+              body: bytes, sequence: int = 0) -> tuple[int, asyncio.Future[Result | Streamed]]:
+        """Submits a request: (its id, the future of its answer)."""
+
+    def withdraw(self, model: ModelView, id: int) -> None:
+        """Nobody waits for request `id` any more: it does not run if it can still be stopped."""
 
 
 def find_version(models: dict, defaults: dict[str, str], name: str, version: str | None):
@@ -104,8 +108,11 @@ class Replica:
         return self._healthy
 
     def infer(self, model: ModelView, request_id: str, content_type: str, headers: list,
-              body: bytes, sequence: int = 0) -> asyncio.Future[Result | Streamed]:
+              body: bytes, sequence: int = 0) -> tuple[int, asyncio.Future[Result | Streamed]]:
         if not model.can_serve():
             raise no_worker(model.name)
         return self.client.submit(model.core_id, request_id, content_type, headers, body,
-                                  sequence=sequence)[1]
+                                  sequence=sequence)
+
+    def withdraw(self, model: ModelView, id: int) -> None:
+        self.client.withdraw(model.core_id, id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Callable
 
 from pyserve.frames import Result
 
@@ -19,18 +20,25 @@ class Streamed:
     first: Result
     parts: asyncio.Queue  # the parts after the first, as they come
     last: asyncio.Future  # the final reply
+    withdraw: Callable[[], None] | None = None  # takes the request back from the core
+
+    def cancel(self) -> None:
+        """Nobody reads the rest: the request is withdrawn (its later parts are dropped)
+        and `rest()` ends."""
+        if self.last.cancel() and self.withdraw is not None:
+            self.withdraw()
 
     async def rest(self):
         """The parts after the first, then the last, in the order they came; nothing more
-        once `last` is cancelled (the client hung up). A task cancelled while it waits here
-        cancels `last` too: the rest is not produced for nobody."""
+        once the stream is cancelled (its client hung up). A task cancelled while it waits
+        here cancels the stream too: the rest is not produced for nobody."""
         while True:
             getter = asyncio.ensure_future(self.parts.get())
             try:
                 await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 getter.cancel()
-                self.last.cancel()
+                self.cancel()
                 raise
             if getter.done():
                 yield getter.result()
