@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from helpers import HANDLERS, archive_model, start_server
+from helpers import HANDLERS, archive_model, start_server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,23 @@ def test_a_client_that_hangs_up_mid_stream_does_not_wedge_the_worker(server):
         assert b"200" in client.recv(4096)  # the head and the first chunk
     _, received = chunks(server, b"42")  # the worker finished the other stream and serves this
     assert received[-1][1] == b"hello world "
+
+
+def counted(server, name: str) -> float:
+    text = httpx.get(f"{server.metrics_url}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(name + "{") and 'model_name="stream"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_client_that_hangs_up_mid_stream_has_the_rest_of_its_answer_dropped(server):
+    hung_up = counted(server, "pyserve_requests_hung_up_total")
+    dropped = counted(server, "pyserve_answers_dropped_total")
+    with socket.create_connection(("127.0.0.1", server.inference_port)) as client:
+        client.sendall(b"POST /predictions/stream HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Length: 4\r\n\r\nslow")
+        assert b"200" in client.recv(4096)
+    wait_until(lambda: counted(server, "pyserve_requests_hung_up_total") == hung_up + 1)
+    # the handler cannot be stopped: it runs to its end, and its answer goes nowhere
+    wait_until(lambda: counted(server, "pyserve_answers_dropped_total") == dropped + 1)
