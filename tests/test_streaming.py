@@ -6,9 +6,11 @@ from __future__ import annotations
 import socket
 import time
 
+import grpc
 import httpx
 import pytest
 
+from grpc_stubs import stubs
 from helpers import HANDLERS, archive_model, start_server, wait_until
 
 
@@ -70,4 +72,17 @@ def test_a_client_that_hangs_up_mid_stream_has_the_rest_of_its_answer_dropped(se
         assert b"200" in client.recv(4096)
     wait_until(lambda: counted(server, "pyserve_requests_hung_up_total") == hung_up + 1)
     # the handler cannot be stopped: it runs to its end, and its answer goes nowhere
+    wait_until(lambda: counted(server, "pyserve_answers_dropped_total") == dropped + 1)
+
+
+def test_a_grpc_stream_cancelled_mid_way_has_the_rest_of_its_answer_dropped(server):
+    pb2, pb2_grpc = stubs().inference_pb2, stubs().inference_pb2_grpc
+    hung_up = counted(server, "pyserve_requests_hung_up_total")
+    dropped = counted(server, "pyserve_answers_dropped_total")
+    with grpc.insecure_channel(server.grpc_inference_target) as channel:
+        stream = pb2_grpc.InferenceAPIsServiceStub(channel).StreamPredictions(
+            pb2.PredictionsRequest(model_name="stream", input={"body": b"slow"}), timeout=30)
+        assert next(stream).prediction == b"hello"
+        stream.cancel()
+    wait_until(lambda: counted(server, "pyserve_requests_hung_up_total") == hung_up + 1)
     wait_until(lambda: counted(server, "pyserve_answers_dropped_total") == dropped + 1)

@@ -76,11 +76,17 @@ class InferenceService(inference_pb2_grpc.InferenceAPIsServiceServicer):
             answer = await self._predict(request, [])
         except ServeError as error:
             await Failure.of(error).abort(context)
-        async for part in _parts(answer):
-            failure = failure_of(part)
-            if failure is not None:
-                await failure.abort(context)
-            yield PredictionResponse(prediction=part.body)
+        try:
+            async for part in _parts(answer):
+                failure = failure_of(part)
+                if failure is not None:
+                    await failure.abort(context)
+                yield PredictionResponse(prediction=part.body)
+        finally:
+            # A client that cancels mid-stream cancels the task (the stream's reader withdraws
+            # the request), or closes this generator at a yield: then it is withdrawn here.
+            if isinstance(answer, Streamed):
+                answer.cancel()
 
     async def StreamPredictions2(self, request_iterator, context):
         answers: asyncio.Queue[PredictionResponse | None] = asyncio.Queue()

@@ -30,23 +30,27 @@ class Streamed:
 
     async def rest(self):
         """The parts after the first, then the last, in the order they came; nothing more
-        once the stream is cancelled (its client hung up). A task cancelled while it waits
-        here cancels the stream too: the rest is not produced for nobody."""
-        while True:
-            getter = asyncio.ensure_future(self.parts.get())
-            try:
-                await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                getter.cancel()
-                self.cancel()
-                raise
-            if getter.done():
-                yield getter.result()
-                continue
-            getter.cancel()
-            if self.last.cancelled():
+        once the stream is cancelled (its client hung up). A reader that stops early (its
+        task cancelled, or the generator closed) cancels the stream: the rest is not
+        produced for nobody."""
+        try:
+            while True:
+                getter = asyncio.ensure_future(self.parts.get())
+                try:
+                    await asyncio.wait([getter, self.last], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    got = getter.done()
+                    if not got:
+                        getter.cancel()
+                if got:
+                    yield getter.result()
+                    continue
+                if self.last.cancelled():
+                    return
+                while not self.parts.empty():
+                    yield self.parts.get_nowait()
+                yield self.last.result()
                 return
-            while not self.parts.empty():
-                yield self.parts.get_nowait()
-            yield self.last.result()
-            return
+        finally:
+            if not self.last.done():
+                self.cancel()
