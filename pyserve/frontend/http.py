@@ -77,11 +77,16 @@ async def read_body(receive, declared: str | bytes | None, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _serve_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ServeError)
+def serve_error_response(error: ServeError) -> Response:
+    """A pyserve error as TorchServe answers it: {"code", "type", "message"}, its headers."""
     response = error_response(error.code, error.type, error.message)
     response.headers.update(error.headers)
     return response
+
+
+async def _serve_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ServeError)
+    return serve_error_response(error)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

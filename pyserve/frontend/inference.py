@@ -10,7 +10,7 @@ Starlette routes below answer the same way for every other method and path.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from pyserve.config import Settings
@@ -18,18 +18,11 @@ from pyserve.frontend.hangup import hangup_of
 from pyserve.frontend.http import REQUEST_ID, listener_app, read_body, status_response
 from pyserve.frontend.kserve import kserve_routes
 from pyserve.frontend.openapi import inference_api
-from pyserve.frontend.predictions import FastPredictions, Predictor, result_headers
+from pyserve.frontend.predictions import FastPredictions, Predictor, handler_response
 from pyserve.frontend.tokens import KeyCheck
 from pyserve.serving.directory import Directory
-from pyserve.serving.streamed import Streamed
 
 PREDICTION_METHODS = ["GET", "POST", "PUT"]
-
-
-async def _chunks(answer: Streamed):
-    yield answer.first.body
-    async for part in answer.rest():
-        yield part.body
 
 
 def inference_app(directory: Directory, settings: Settings, version: str, tokens: KeyCheck | None = None):
@@ -48,15 +41,7 @@ def inference_app(directory: Directory, settings: Settings, version: str, tokens
             request.scope[REQUEST_ID], request.scope["headers"],
             request.headers.get("content-type", ""), body, hangup_of(request.scope),
         )
-        if isinstance(answer, Streamed):
-            status, headers = result_headers(answer.first, streamed=True)
-            response = StreamingResponse(_chunks(answer), status_code=status)
-            response.raw_headers = headers
-            return response
-        status, headers = result_headers(answer)
-        response = Response(answer.body, status_code=status)
-        response.raw_headers = headers
-        return response
+        return handler_response(answer)
 
     async def predict(request: Request) -> Response:
         return await run(request, explain=False)

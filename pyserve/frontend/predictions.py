@@ -15,6 +15,7 @@ import re
 import time
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response, StreamingResponse
 
 from pyserve.errors import ServeError
 from pyserve.frames import Result
@@ -104,6 +105,19 @@ def result_headers(result: Result, streamed: bool = False) -> tuple[int, list]:
     for name, value in result.headers:
         headers.append(_header(name, value))
     return result.status, headers
+
+
+def handler_response(answer: Result | Streamed) -> Response:
+    """The handler's answer as a Starlette response, as it wrote it: status, headers, body
+    (in chunks if it streamed)."""
+    if isinstance(answer, Streamed):
+        status, headers = result_headers(answer.first, streamed=True)
+        response: Response = StreamingResponse(answer.bodies(), status_code=status)
+    else:
+        status, headers = result_headers(answer)
+        response = Response(answer.body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 class FastPredictions:

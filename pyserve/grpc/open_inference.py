@@ -29,13 +29,8 @@ from pyserve.serving.streamed import Streamed
 
 
 async def _whole(answer: Result | Streamed) -> Result:
-    """The answer in one piece: ModelInfer has a single response, so a stream's parts join."""
-    if isinstance(answer, Result):
-        return answer
-    bodies = [answer.first.body]
-    async for part in answer.rest():
-        bodies.append(part.body)
-    return answer.first._replace(body=b"".join(bodies), more=False)
+    """ModelInfer has a single response: a stream's parts join."""
+    return answer if isinstance(answer, Result) else await answer.whole()
 
 
 class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):

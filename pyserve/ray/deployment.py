@@ -15,11 +15,12 @@ import ray
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from pyserve.engine.fetch import is_url
 from pyserve.errors import ServeError
-from pyserve.frontend.predictions import result_headers
+from pyserve.frontend.http import serve_error_response
+from pyserve.frontend.predictions import handler_response
 from pyserve.ray.replica import ModelOptions, ModelReplica
 from pyserve.serving.streamed import Streamed
 
@@ -55,19 +56,6 @@ def _version_and_path(scope: dict) -> tuple[str | None, str]:
     return segments[0] or None, segments[1] if len(segments) > 1 else ""
 
 
-async def _whole(answer: Streamed) -> bytes:
-    parts = [answer.first.body]
-    async for part in answer.rest():
-        parts.append(part.body)
-    return b"".join(parts)
-
-
-async def _chunks(answer: Streamed):
-    yield answer.first.body
-    async for part in answer.rest():
-        yield part.body
-
-
 class PyserveModel:
     """One replica: pyserve's engine, its worker processes, one model.
 
@@ -86,17 +74,10 @@ class PyserveModel:
             answer = await self.replica.predict(version, url_path, request.scope["headers"],
                                                 request.headers.get("content-type", ""),
                                                 await request.body())
-            if isinstance(answer, Streamed):
-                status, headers = result_headers(answer.first, streamed=True)
-                response = StreamingResponse(_chunks(answer), status_code=status)
-            else:
-                status, headers = result_headers(answer)
-                response = Response(answer.body, status_code=status)
+            response = handler_response(answer)
         except ServeError as error:
-            response = Response(error.body(), status_code=error.code, headers=error.headers,
-                                media_type="application/json")
-            headers = response.raw_headers
-        response.raw_headers = [*headers, *node]
+            response = serve_error_response(error)
+        response.raw_headers = [*response.raw_headers, *node]
         return response
 
     async def predict(self, body: bytes, content_type: str = "application/octet-stream",
@@ -111,12 +92,10 @@ class PyserveModel:
         except ServeError as error:
             raise PredictionFailed(error.code, error.body()) from None
         if isinstance(answer, Streamed):
-            status, body = answer.first.status, await _whole(answer)
-        else:
-            status, body = answer.status, answer.body
-        if status >= 400:
-            raise PredictionFailed(status, body)
-        return body
+            answer = await answer.whole()
+        if answer.status >= 400:
+            raise PredictionFailed(answer.status, answer.body)
+        return answer.body
 
     async def describe(self) -> dict:
         """This replica's model as pyserve's describe API shows it, with the node it runs on."""

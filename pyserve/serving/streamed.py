@@ -28,6 +28,18 @@ class Streamed:
         if self.last.cancel() and self.withdraw is not None:
             self.withdraw()
 
+    async def bodies(self):
+        """Every part's body, the first one included, as it comes: an HTTP chunk each."""
+        yield self.first.body
+        async for part in self.rest():
+            yield part.body
+
+    async def whole(self) -> Result:
+        """The answer in one piece, for a protocol with a single response: the parts joined,
+        the first part's status and headers."""
+        bodies = [body async for body in self.bodies()]
+        return self.first._replace(body=b"".join(bodies), more=False)
+
     async def rest(self):
         """The parts after the first, then the last, in the order they came; nothing more
         once the stream is cancelled (its client hung up). A reader that stops early (its

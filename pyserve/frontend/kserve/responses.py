@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from pyserve.errors import ServeError
 from pyserve.frames import Result
-from pyserve.frontend.predictions import result_headers
-from pyserve.serving.streamed import Streamed
 
 JSON = "application/json"
 
@@ -47,21 +45,3 @@ def failure_message(result: Result) -> str:
 def failed_answer(result: Result) -> Response:
     """A worker's error as the protocol's error object, its status kept."""
     return error_response(result.status, failure_message(result))
-
-
-async def _chunks(answer: Streamed):
-    yield answer.first.body
-    async for part in answer.rest():
-        yield part.body
-
-
-def handler_response(answer: Result | Streamed) -> Response:
-    """The handler's answer as it wrote it: status, headers, body (streamed if it streamed)."""
-    if isinstance(answer, Streamed):
-        status, headers = result_headers(answer.first, streamed=True)
-        response: Response = StreamingResponse(_chunks(answer), status_code=status)
-    else:
-        status, headers = result_headers(answer)
-        response = Response(answer.body, status_code=status)
-    response.raw_headers = headers
-    return response

@@ -21,11 +21,10 @@ from pyserve.frontend.kserve.responses import (
     JSON,
     error_response,
     failed_answer,
-    handler_response,
     json_response,
     serve_error,
 )
-from pyserve.frontend.predictions import Predictor
+from pyserve.frontend.predictions import Predictor, handler_response
 from pyserve.serving.directory import Directory
 from pyserve.serving.streamed import Streamed
 

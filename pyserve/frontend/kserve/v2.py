@@ -22,7 +22,6 @@ from pyserve.frontend.kserve.responses import (
     JSON,
     error_response,
     failed_answer,
-    handler_response,
     json_response,
     serve_error,
 )
@@ -32,7 +31,7 @@ from pyserve.frontend.kserve.tensors import (
     read_request,
     write_response,
 )
-from pyserve.frontend.predictions import Predictor, result_headers
+from pyserve.frontend.predictions import Predictor, handler_response, result_headers
 from pyserve.serving.directory import Directory
 from pyserve.serving.streamed import Streamed
 
