@@ -366,16 +366,18 @@ CancelResult Core::cancel(uint64_t model_id, uint64_t request_id) {
     if (!model) return CancelResult::kUnknown;
     Outbox out;
     bool running = false;
-    bool found = false;
-    {
-        std::lock_guard lock(model->mutex());
-        found = model->cancel(request_id, &running, out);
-        model->dispatch(Clock::now(), out);
-        arm(*model);
-    }
+    const bool found = cancel_in(*model, request_id, &running, out);
     flush(out);
     if (!found) return CancelResult::kUnknown;
     return running ? CancelResult::kRunning : CancelResult::kRemoved;
+}
+
+bool Core::cancel_in(ModelBatcher& model, uint64_t request_id, bool* running, Outbox& out) {
+    std::lock_guard lock(model.mutex());
+    const bool found = model.cancel(request_id, running, out);
+    model.dispatch(Clock::now(), out);
+    arm(model);
+    return found;
 }
 
 void Core::submit_from(Frontend& frontend, const uint8_t* data, size_t size, Outbox& out) {
@@ -408,10 +410,7 @@ void Core::submit_from(Frontend& frontend, const uint8_t* data, size_t size, Out
         ModelBatcher* model = find_model(header.model_id);
         bool running = false;
         if (model && header.request_id >> kOriginShift == frontend.origin) {
-            std::lock_guard lock(model->mutex());
-            model->cancel(header.request_id, &running, out);
-            model->dispatch(Clock::now(), out);
-            arm(*model);
+            cancel_in(*model, header.request_id, &running, out);
         }
     } else {
         push_event({0, frames::kBroken, "frontend " + std::to_string(frontend.origin) +

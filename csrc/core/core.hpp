@@ -151,6 +151,8 @@ class Core {
     void handle_worker_frame(Worker& worker, ModelBatcher& model, const std::string& frame, Outbox& out);
     void submit_from(Frontend& frontend, const uint8_t* data, size_t size, Outbox& out);
     SubmitStatus enqueue(ModelBatcher& model, Request&& request, Outbox& out);
+    // ModelBatcher::cancel under the model's lock, then sends what the request's leaving let go.
+    bool cancel_in(ModelBatcher& model, uint64_t request_id, bool* running, Outbox& out);
     // With the model's mutex held: makes sure the core thread wakes for the model's deadline.
     void arm(ModelBatcher& model);
     // With registry_ held and no model's mutex: wakes workers, sends error answers.

@@ -357,6 +357,16 @@ std::vector<Request> ModelBatcher::take_older(Clock::time_point cutoff) {
 }
 
 bool ModelBatcher::cancel(uint64_t request_id, bool* was_running, Outbox& out) {
+    *was_running = false;
+    if (!withdraw_queued(request_id, out)) {
+        if (!withdraw_sent(request_id, out)) return false;  // answered already, or never here
+        *was_running = true;
+    }
+    ++stats_.hung_up;
+    return true;
+}
+
+bool ModelBatcher::withdraw_queued(uint64_t request_id, Outbox& out) {
     auto withdraw_from = [&](std::deque<Request>& source) {
         auto found = std::find_if(source.begin(), source.end(),
                                   [&](const Request& r) { return r.id == request_id; });
@@ -366,31 +376,29 @@ bool ModelBatcher::cancel(uint64_t request_id, bool* was_running, Outbox& out) {
         withdraw(gone, Withdrawal::kClientGone, out);
         return true;
     };
-    *was_running = false;
-    ++stats_.hung_up;
     if (withdraw_from(queue_)) return true;
     for (Worker* worker : workers_) {
         if (withdraw_from(worker->pinned)) return true;
     }
     std::vector<Request> waiting = sequences_.take_where([&](const Request& r) { return r.id == request_id; });
-    if (!waiting.empty()) {
-        waiting.front().moved_on = true;  // it never held its sequence: nothing to move on
-        withdraw(waiting.front(), Withdrawal::kClientGone, out);
-        return true;
-    }
+    if (waiting.empty()) return false;
+    waiting.front().moved_on = true;  // it never held its sequence: nothing to move on
+    withdraw(waiting.front(), Withdrawal::kClientGone, out);
+    return true;
+}
+
+bool ModelBatcher::withdraw_sent(uint64_t request_id, Outbox& out) {
     for (Worker* worker : workers_) {
         for (Batch& batch : worker->in_flight) {
             for (Request& request : batch.requests) {
                 if (request.id == request_id && !request.answered && !request.cancelled) {
                     request.cancelled = true;
-                    *was_running = true;
                     tell_withdrawn(*worker, request_id, out);
                     return true;
                 }
             }
         }
     }
-    --stats_.hung_up;  // answered already, or never here
     return false;
 }
 

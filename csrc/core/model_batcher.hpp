@@ -188,6 +188,10 @@ class ModelBatcher {
     // client hung up (no answer: there is nobody to read it) or it waited past
     // clientTimeoutInMills (answered 503). Its sequence, if any, goes on without it.
     void withdraw(Request& request, Withdrawal why, Outbox& out);
+    // cancel()'s two halves: a request still queued (or waiting in its sequence), and one
+    // already sent to a worker.
+    bool withdraw_queued(uint64_t request_id, Outbox& out);
+    bool withdraw_sent(uint64_t request_id, Outbox& out);
     // Writes [kWithdraw, request_id] to the worker that holds the request.
     void tell_withdrawn(Worker& worker, uint64_t request_id, Outbox& out);
     bool send_batch(Worker& worker, std::vector<Request>& batch, Outbox& out);
