@@ -4,6 +4,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from helpers import EXAMPLES, archive_model, child_pids, pid_alive, start_server
@@ -53,3 +54,10 @@ def echo_server(model_store, tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("echo"), model_store, ["echo=echo.mar"])
     yield server
     server.stop()
+
+
+@pytest.fixture
+def api(server):
+    """A client of the management API of the test module's `server` fixture."""
+    with httpx.Client(base_url=server.management_url, timeout=120) as client:
+        yield client

@@ -64,6 +64,19 @@ def archive_model(
     return export_path / f"{name}.mar"
 
 
+def archive_load_attempts(store: Path, name: str, yaml_text: str) -> None:
+    """An archive of tests/handlers/load_attempts.py whose model-config yaml is `yaml_text`
+    (it says how the handler's loads fail, and the model's retry and timeout settings)."""
+    config = store.parent / f"{name}-config.yaml"
+    config.write_text(yaml_text)
+    archive_model(store, name, HANDLERS / "load_attempts.py", extra=["--config-file", str(config)])
+
+
+def described_workers(api, model: str) -> list[dict]:
+    """The workers GET /models/{model} describes."""
+    return api.get(f"/models/{model}").json()[0]["workers"]
+
+
 @dataclass
 class Server:
     process: subprocess.Popen

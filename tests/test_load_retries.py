@@ -12,13 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import HANDLERS, archive_model, pid_alive, start_server, wait_until
-
-
-def archive(store: Path, name: str, yaml_text: str) -> None:
-    config = store.parent / f"{name}-config.yaml"
-    config.write_text(yaml_text)
-    archive_model(store, name, HANDLERS / "load_attempts.py", extra=["--config-file", str(config)])
+from helpers import (archive_load_attempts, described_workers, pid_alive, start_server,
+                     wait_until)
 
 
 def load_attempts(tmp_path: Path) -> list[float]:
@@ -29,12 +24,12 @@ def load_attempts(tmp_path: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("load_retries") / "store"
-    archive(store, "flaky", "failFirst: 2\n")
-    archive(store, "broken", "failFirst: 1000\n")
-    archive(store, "brief", "failFirst: 1000\nmaxRetryTimeoutInSec: 2\n")
-    archive(store, "first_fails", "failFirst: 1\nloadSeconds: 30\n")
-    archive(store, "oom", "outOfMemory: cpu\n")
-    archive(store, "cuda_oom", "outOfMemory: cuda\n")
+    archive_load_attempts(store, "flaky", "failFirst: 2\n")
+    archive_load_attempts(store, "broken", "failFirst: 1000\n")
+    archive_load_attempts(store, "brief", "failFirst: 1000\nmaxRetryTimeoutInSec: 2\n")
+    archive_load_attempts(store, "first_fails", "failFirst: 1\nloadSeconds: 30\n")
+    archive_load_attempts(store, "oom", "outOfMemory: cpu\n")
+    archive_load_attempts(store, "cuda_oom", "outOfMemory: cuda\n")
     return store
 
 
@@ -47,16 +42,6 @@ def server(store, tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.management_url, timeout=120) as client:
-        yield client
-
-
-def workers(api: httpx.Client, model: str) -> list[dict]:
-    return api.get(f"/models/{model}").json()[0]["workers"]
-
-
 def register_async(api: httpx.Client, model: str) -> None:
     answer = api.post("/models", params={"url": f"{model}.mar", "synchronous": "false"})
     assert answer.status_code == 202, answer.text
@@ -64,7 +49,7 @@ def register_async(api: httpx.Client, model: str) -> None:
 
 def test_a_handler_that_fails_its_first_loads_is_retried_until_it_loads(server, api, tmp_path):
     register_async(api, "flaky")
-    wait_until(lambda: [w["status"] for w in workers(api, "flaky")] == ["READY"], timeout=30)
+    wait_until(lambda: [w["status"] for w in described_workers(api, "flaky")] == ["READY"], timeout=30)
     attempts = load_attempts(tmp_path)
     assert len(attempts) == 3
     gaps = [later - earlier for earlier, later in pairwise(attempts)]
@@ -75,7 +60,7 @@ def test_a_handler_that_fails_its_first_loads_is_retried_until_it_loads(server, 
 
 def test_each_failed_load_logs_its_traceback(server, api):
     register_async(api, "flaky")
-    wait_until(lambda: [w["status"] for w in workers(api, "flaky")] == ["READY"], timeout=30)
+    wait_until(lambda: [w["status"] for w in described_workers(api, "flaky")] == ["READY"], timeout=30)
     log = server.log()
     for attempt in (1, 2):
         assert f"RuntimeError: load attempt {attempt} fails" in log
@@ -84,10 +69,10 @@ def test_each_failed_load_logs_its_traceback(server, api):
 
 def test_describe_shows_a_worker_between_failed_loads_as_failed_under_one_id(api, tmp_path):
     register_async(api, "broken")
-    wait_until(lambda: [w["status"] for w in workers(api, "broken")] == ["FAILED"], timeout=30)
-    (first,) = workers(api, "broken")
+    wait_until(lambda: [w["status"] for w in described_workers(api, "broken")] == ["FAILED"], timeout=30)
+    (first,) = described_workers(api, "broken")
     wait_until(lambda: len(load_attempts(tmp_path)) >= 3, timeout=30)
-    (later,) = workers(api, "broken")
+    (later,) = described_workers(api, "broken")
     assert later["id"] == first["id"]
     assert later["pid"] != first["pid"]
 
@@ -100,7 +85,7 @@ def test_retries_stop_once_maxRetryTimeoutInSec_has_passed_since_the_first_failu
     assert 2 <= attempts <= 4  # failures at about 0, 1.5 and 3 s; the bound is 2 s
     time.sleep(3)  # the next back-off step would be 2 s
     assert len(load_attempts(tmp_path)) == attempts
-    (worker,) = workers(api, "brief")
+    (worker,) = described_workers(api, "brief")
     assert worker["status"] == "FAILED" and not pid_alive(worker["pid"])
 
 

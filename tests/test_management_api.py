@@ -43,12 +43,6 @@ def server(store, tmp_path_factory):
 
 
 @pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.management_url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture
 def infer(server):
     with httpx.Client(base_url=server.inference_url, timeout=120) as client:
         yield client

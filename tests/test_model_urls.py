@@ -155,12 +155,6 @@ def server(webs, tree, store, certificate, tmp_path_factory):
 
 
 @pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.management_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
 def register(api, store):
     """Registers with no workers, as `name`; the model is unregistered after the test, and the
     model store must then hold what it held before (no download, no partial file)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from helpers import EXAMPLES, HANDLERS, archive_model, pid_alive, start_server
@@ -27,12 +26,6 @@ def server(store, tmp_path):
                           enable_model_api="true", default_workers_per_model=3)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.management_url, timeout=120) as client:
-        yield client
 
 
 def test_a_synchronous_scale_down_answers_once_the_removed_workers_are_gone(api):

@@ -12,23 +12,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import HANDLERS, archive_model, pid_alive, start_server, wait_until
+from helpers import (archive_load_attempts, described_workers, pid_alive, start_server,
+                     wait_until)
 
 TIMED_OUT = "did not load within startup_timeout=2 s"
-
-
-def archive(store: Path, name: str, yaml_text: str) -> None:
-    config = store.parent / f"{name}-config.yaml"
-    config.write_text(yaml_text)
-    archive_model(store, name, HANDLERS / "load_attempts.py", extra=["--config-file", str(config)])
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("startup_timeout") / "store"
-    archive(store, "slow", "startupTimeout: 2\nloadSeconds: 30\nmaxRetryTimeoutInSec: 0\n")
-    archive(store, "slow_retried", "startupTimeout: 2\nloadSeconds: 30\n")
-    archive(store, "slow_restart", "startupTimeout: 2\nloadSeconds: 30\nfastFirst: 1\n")
+    archive_load_attempts(store, "slow", "startupTimeout: 2\nloadSeconds: 30\nmaxRetryTimeoutInSec: 0\n")
+    archive_load_attempts(store, "slow_retried", "startupTimeout: 2\nloadSeconds: 30\n")
+    archive_load_attempts(store, "slow_restart", "startupTimeout: 2\nloadSeconds: 30\nfastFirst: 1\n")
     return store
 
 
@@ -40,19 +35,9 @@ def server(store, tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.management_url, timeout=120) as client:
-        yield client
-
-
-def workers(api: httpx.Client, model: str) -> list[dict]:
-    return api.get(f"/models/{model}").json()[0]["workers"]
-
-
 def wait_for_failed_worker(api: httpx.Client, model: str) -> dict:
-    wait_until(lambda: [w["status"] for w in workers(api, model)] == ["FAILED"], timeout=30)
-    return workers(api, model)[0]
+    wait_until(lambda: [w["status"] for w in described_workers(api, model)] == ["FAILED"], timeout=30)
+    return described_workers(api, model)[0]
 
 
 def test_an_asynchronous_registration_kills_a_worker_not_loaded_within_startup_timeout(
@@ -77,7 +62,7 @@ def test_a_scale_up_kills_a_worker_not_loaded_within_startup_timeout(server, api
 
 def test_a_restarted_worker_not_loaded_within_startup_timeout_is_killed(server, api):
     assert api.post("/models", params={"url": "slow_restart.mar"}).status_code == 200
-    (first,) = workers(api, "slow_restart")  # its first load was quick
+    (first,) = described_workers(api, "slow_restart")  # its first load was quick
     os.kill(first["pid"], signal.SIGKILL)
     wait_until(lambda: TIMED_OUT in server.log(), timeout=30)  # its restart would take 30 s
 
